@@ -1,0 +1,32 @@
+# Two commands do all the set-up:
+#   make run    create .venv if missing, install the pinned requirements and the
+#               package, then train the homework model into $(RUN)
+#   make test   the same set-up, then ruff and the whole pytest suite
+# The MNIST file is found through $VAE_MNIST (see README.md).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RUN    ?= runs/homework
+ARGS   ?=
+
+.PHONY: run test install clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m vae_helpers train --out $(RUN) $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
