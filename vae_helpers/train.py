@@ -1,0 +1,327 @@
+r"""Training: stochastic gradient ascent on the ELBO with Adam, compiled with XLA.
+
+The objective for a minibatch :math:`B` of a data set of :math:`N` images is the
+unbiased estimate of the data set's ELBO
+
+.. math::
+
+    \mathcal L(\Theta, \phi) \approx \frac{N}{|B|} \sum_{n \in B} \Big(
+        \log p_\Theta(x_n \mid z_n) - \mathrm{KL}(q_\phi(z \mid x_n) \,\|\, p(z)) \Big),
+    \qquad z_n \sim q_\phi(z \mid x_n),
+
+and the loss handed to Adam is its negative divided by :math:`N` (the mean
+per-image ELBO): the constant factor changes nothing about where the optimum is,
+and Adam's steps do not depend on it.
+
+How the loop is made fast on a small CPU
+----------------------------------------
+* The training images stay in memory as one uint8 tensor. Each epoch draws a
+  permutation; each step gathers its batch and applies the likelihood's data
+  transform (dequantization or a fresh binarization) on the fly, so there is no
+  ``tf.data`` pipeline whose threads compete with the math for two cores.
+* Many steps run inside one XLA-compiled ``tf.while_loop`` call; the Python
+  loop only sees a few calls per epoch (for the progress bar).
+* Every random draw uses a stateless seed built from ``(seed, epoch, step)``.
+  The same seed gives the same numbers, and a run resumed from the checkpoint of
+  epoch e continues exactly as the uninterrupted run would have.
+
+Steps per epoch are ``N // batch_size``: the last incomplete batch of a
+permutation is left out (a different one every epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vae_helpers import data as data_lib
+from vae_helpers import io
+from vae_helpers._tf import tf
+from vae_helpers.evaluate import evaluate_elbo, prepare_eval_data
+from vae_helpers.seeding import SALT_DATA, SALT_LATENT, SALT_SHUFFLE, stateless_seed
+
+HISTORY_FIELDS = (
+    "epoch", "train_elbo", "train_reconstruction", "train_kl",
+    "test_elbo", "test_reconstruction", "test_kl", "seconds",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or a gradient became NaN or infinite; the bad update was not applied."""
+
+
+@dataclass
+class History:
+    """One row per completed epoch (see ``HISTORY_FIELDS``)."""
+
+    rows: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def column(self, name: str) -> np.ndarray:
+        """All epochs' values of one field, as a float array (NaN where missing)."""
+        return np.array([np.nan if r.get(name) is None else r[name] for r in self.rows],
+                        dtype=float)
+
+    @property
+    def last(self) -> dict:
+        return self.rows[-1] if self.rows else {}
+
+    def to_csv(self, path) -> Path:
+        return io.write_csv(path, self.rows)
+
+
+def _pixels_tensor(x) -> tf.Tensor:
+    """Training data as one flat tensor: uint8 pixels, or floats used as given."""
+    x = np.asarray(x)
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"expected a batch of images [N, 28, 28] or [N, D], got shape {x.shape}")
+    x = x.reshape(x.shape[0], -1)
+    if x.dtype == np.uint8:
+        return tf.constant(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"expected uint8 pixels or float data, got dtype {x.dtype}")
+    if not np.all(np.isfinite(x)):
+        raise ValueError("the training data contain NaN or infinite values")
+    return tf.constant(x, tf.float32)
+
+
+def _transform(batch: tf.Tensor, variant: str, seed) -> tf.Tensor:
+    if batch.dtype != tf.uint8:  # float data are used as they are
+        return batch
+    return data_lib.prepare(batch, variant, seed)
+
+
+class _Trainer:
+    """The compiled pieces of one ``fit`` call."""
+
+    def __init__(self, model, optimizer, x, variant, batch_size, seed, n_samples, jit):
+        self.model, self.optimizer = model, optimizer
+        self.x, self.variant, self.batch_size = x, variant, batch_size
+        self.seed, self.n_samples = seed, n_samples
+        self.n = int(x.shape[0])
+        self.steps_per_epoch = self.n // batch_size
+        optimizer.build(model.trainable_variables)
+        self.permutation = tf.function(self._permutation, jit_compile=jit)
+        self.run_steps = tf.function(self._run_steps, jit_compile=jit)
+
+    def _permutation(self, epoch):
+        """The epoch's batches as rows of image indices: ``[steps_per_epoch, batch_size]``."""
+        keys = tf.random.stateless_uniform(
+            [self.n], seed=stateless_seed(self.seed, SALT_SHUFFLE, epoch), alg="philox")
+        used = self.steps_per_epoch * self.batch_size
+        return tf.reshape(tf.argsort(keys)[:used], [self.steps_per_epoch, self.batch_size])
+
+    def _run_steps(self, epoch, perm, start, count):
+        """Steps ``start .. start+count-1`` of ``epoch``; stops early at a non-finite update."""
+        model, variables = self.model, self.model.trainable_variables
+
+        def body(i, sums, bad_step):
+            step = start + i
+            # gather, not slice: XLA treats a slice's offset as a compile-time
+            # constant and would compile the loop again for every chunk.
+            xb = _transform(tf.gather(self.x, tf.gather(perm, step)), self.variant,
+                            stateless_seed(self.seed, SALT_DATA, epoch, step))
+            with tf.GradientTape() as tape:
+                elbo, rec, kl = model.elbo_terms(
+                    xb, self.n_samples, seed=stateless_seed(self.seed, SALT_LATENT, epoch, step))
+                loss = -tf.reduce_mean(elbo)
+            grads = tape.gradient(loss, variables)
+            finite = tf.math.is_finite(loss)
+            for g in grads:
+                finite = finite & tf.reduce_all(tf.math.is_finite(g))
+
+            def apply():
+                self.optimizer.apply_gradients(zip(grads, variables, strict=True))
+                return tf.constant(True)
+
+            tf.cond(finite, apply, lambda: tf.constant(False))
+            means = tf.stack([tf.reduce_mean(elbo), tf.reduce_mean(rec), tf.reduce_mean(kl)])
+            sums = tf.where(finite, sums + means, sums)
+            return i + 1, sums, tf.where(finite, bad_step, step)
+
+        _, sums, bad = tf.while_loop(
+            lambda i, sums, bad: (i < count) & (bad < 0), body,
+            [tf.constant(0), tf.zeros([3]), tf.constant(-1)])
+        return sums, bad
+
+
+def _fit_settings(model, n_train, variant, batch_size, learning_rate, seed, n_samples) -> dict:
+    return dict(model=model.config, n_train=n_train, data_variant=variant,
+                batch_size=batch_size, learning_rate=learning_rate, seed=seed,
+                n_samples=n_samples)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def fit(
+    model,
+    x_train,
+    epochs: int,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    x_test=None,
+    checkpoint_dir=None,
+    resume: bool = False,
+    progress: bool = True,
+    n_samples: int = 1,
+    data_variant: str | None = None,
+    steps_per_call: int | None = None,
+    jit_compile: bool = True,
+) -> History:
+    """Train ``model`` by stochastic gradient ascent on the ELBO with Adam.
+
+    Args:
+        model: a ``vae_helpers.model.VAE``.
+        x_train: uint8 pixels ``[N, 28, 28]`` or ``[N, 784]`` (transformed each
+            step into the likelihood's data variant), or float data used as given.
+        epochs: total number of epochs (a resumed run trains up to this number).
+        batch_size: images per step.
+        learning_rate: Adam's step size.
+        seed: seeds the permutations, the data transforms and the z samples.
+        x_test: optional test pixels; the test ELBO is then recorded every epoch
+            (on one fixed transform of the test set).
+        checkpoint_dir: where to write a checkpoint after every epoch.
+        resume: continue from the newest checkpoint in ``checkpoint_dir``.
+        progress: show a progress bar (tqdm; a widget in notebooks).
+        n_samples: z samples per image in the training ELBO.
+        data_variant: override the likelihood's data variant
+            (``"dequantized"``, ``"binarized"``, ``"scaled"``).
+        steps_per_call: steps per compiled call (default: about a tenth of an epoch).
+        jit_compile: compile with XLA.
+
+    Returns:
+        The ``History``: per epoch the mean training ELBO, reconstruction and KL
+        over its steps, the test ELBO terms, and the wall-clock seconds.
+
+    Raises:
+        TrainingDiverged: the loss or a gradient became non-finite. The message
+            names the epoch and step; the offending update is not applied, and
+            the checkpoint of the last completed epoch is left as it was.
+        FileExistsError: ``checkpoint_dir`` holds a checkpoint and ``resume`` is False.
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("n_samples", n_samples)
+    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
+            and learning_rate > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    variant = data_variant or model.likelihood.data_variant
+    x = _pixels_tensor(x_train)
+    if x.shape[0] < batch_size:
+        raise ValueError(f"batch_size ({batch_size}) is larger than the training set "
+                         f"({x.shape[0]} images)")
+    optimizer = tf.keras.optimizers.Adam(learning_rate)
+    trainer = _Trainer(model, optimizer, x, variant, batch_size, seed, n_samples, jit_compile)
+    steps = trainer.steps_per_epoch
+    chunk = steps_per_call or max(1, math.ceil(steps / 10))
+    test = None if x_test is None else prepare_eval_data(x_test, variant, seed=seed)
+
+    epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+    history = History()
+    manager = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+        manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=2)
+        settings = _fit_settings(model, int(x.shape[0]), variant, batch_size, learning_rate,
+                                 seed, n_samples)
+        history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epoch_var)
+    start_epoch = int(epoch_var.numpy())
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=epochs * steps, initial=start_epoch * steps, unit="step",
+                   desc="training", dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, epochs):
+            t0 = time.perf_counter()
+            perm = trainer.permutation(tf.constant(epoch, tf.int64))
+            totals = np.zeros(3)
+            done = 0
+            while done < steps:
+                count = min(chunk, steps - done)
+                sums, bad = trainer.run_steps(tf.constant(epoch, tf.int64), perm,
+                                              tf.constant(done), tf.constant(count))
+                bad = int(bad)
+                if bad >= 0:
+                    raise TrainingDiverged(_divergence_message(epoch, bad, steps, manager))
+                totals += sums.numpy()
+                done += count
+                if bar is not None:
+                    bar.update(count)
+                    bar.set_postfix(epoch=epoch + 1, elbo=f"{totals[0] / done:.2f}",
+                                    refresh=False)
+            row = dict(epoch=epoch + 1, train_elbo=totals[0] / steps,
+                       train_reconstruction=totals[1] / steps, train_kl=totals[2] / steps,
+                       test_elbo=None, test_reconstruction=None, test_kl=None)
+            if test is not None:
+                result = evaluate_elbo(model, test, seed=seed)
+                row.update(test_elbo=result["elbo"], test_reconstruction=result["reconstruction"],
+                           test_kl=result["kl"])
+            row["seconds"] = time.perf_counter() - t0
+            history.rows.append({k: _py(v) for k, v in row.items()})
+            epoch_var.assign(epoch + 1)
+            if manager is not None:
+                # History first: after a crash between the two writes it is one row
+                # ahead of the checkpoint, and resuming truncates it to the checkpoint.
+                io.write_json(checkpoint_dir / "history.json", history.rows)
+                manager.save(checkpoint_number=epoch + 1)
+            if bar is not None and test is not None:
+                bar.set_postfix(epoch=epoch + 1, elbo=f"{row['train_elbo']:.2f}",
+                                test_elbo=f"{row['test_elbo']:.2f}", refresh=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def _py(v):
+    return None if v is None else (int(v) if isinstance(v, (int, np.integer)) else float(v))
+
+
+def _divergence_message(epoch, step, steps, manager) -> str:
+    where = f"epoch {epoch + 1}, step {step + 1} of {steps}"
+    if manager is not None and manager.latest_checkpoint:
+        kept = f"the last good checkpoint ({manager.latest_checkpoint}) is intact"
+    else:
+        kept = "no checkpoint was written before it"
+    return (f"training diverged at {where}: the loss or a gradient became NaN or infinite, "
+            f"so that update was not applied and training stopped; {kept}. "
+            "Try a smaller learning_rate.")
+
+
+def _start_or_resume(manager, ckpt, checkpoint_dir: Path, settings, resume, epoch_var):
+    settings_path = checkpoint_dir / "fit.json"
+    latest = manager.latest_checkpoint
+    if latest and not resume:
+        raise FileExistsError(
+            f"{checkpoint_dir} already holds a checkpoint ({Path(latest).name}); pass "
+            "resume=True to continue that run, or give an empty checkpoint_dir")
+    if not latest:
+        io.write_json(settings_path, settings)
+        return History()
+    if settings_path.exists():
+        saved = io.read_json(settings_path)
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"cannot resume {checkpoint_dir}: it was trained with different settings "
+                f"({', '.join(changed)}); resume with the same settings or start a new run")
+    ckpt.restore(latest).assert_existing_objects_matched()
+    rows = []
+    if (checkpoint_dir / "history.json").exists():
+        rows = io.read_json(checkpoint_dir / "history.json")
+    return History(rows=rows[: int(epoch_var.numpy())])
