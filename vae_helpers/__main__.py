@@ -1,0 +1,141 @@
+"""The command line: ``python -m vae_helpers COMMAND ...`` (``--help`` lists everything)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that point at ``--help``."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _units(text):
+    try:
+        units = [int(u) for u in text.split(",") if u.strip()]
+    except ValueError:
+        units = [0]
+    if not units or any(u < 1 for u in units):
+        raise argparse.ArgumentTypeError(
+            f"expected positive integers separated by commas (e.g. 512 or 512,256), got {text!r}")
+    return units
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m vae_helpers",
+                     description="Variational autoencoders on MNIST (TensorFlow Probability).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    t = sub.add_parser("train", help="train a VAE and write a run directory",
+                       description="Train a VAE on MNIST and write config.json, history.csv, "
+                                   "metrics.json and checkpoint/ into --out.")
+    t.add_argument("--out", required=True, help="run directory to write (e.g. runs/homework)")
+    t.add_argument("--epochs", type=_positive_int, default=100, help="epochs (default 100)")
+    t.add_argument("--batch-size", type=_positive_int, default=128,
+                   help="images per step (default 128)")
+    t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+                   help="Adam step size (default 0.001)")
+    t.add_argument("--latent-dim", type=_positive_int, default=2, help="P (default 2)")
+    t.add_argument("--hidden-units", type=_units, default=[512],
+                   help="hidden layer widths, comma-separated (default 512)")
+    t.add_argument("--likelihood", default="gaussian",
+                   choices=["gaussian", "bernoulli", "continuous_bernoulli"],
+                   help="p(x|z) (default gaussian, with learned variance)")
+    t.add_argument("--covariance", default="scalar", choices=["scalar", "diagonal"],
+                   help="gaussian likelihood: one learned variance or one per pixel "
+                        "(default scalar)")
+    t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
+    t.add_argument("--iwae-k", type=_non_negative_int, default=5000,
+                   help="importance samples for the test log-likelihood; 0 skips it "
+                        "(default 5000)")
+    t.add_argument("--n-train", type=_positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
+    t.add_argument("--n-test", type=_positive_int, default=None,
+                   help="use only the first N test images (quick runs)")
+    t.add_argument("--data", default=None,
+                   help="path of mnist.npz (default: $VAE_MNIST, then ~/.keras/datasets)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="replace a run already in --out")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def _train(args) -> int:
+    from vae_helpers.runs import train_run
+
+    metrics = train_run(
+        args.out, epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.learning_rate, seed=args.seed, iwae_k=args.iwae_k,
+        n_train=args.n_train, n_test=args.n_test, data_path=args.data, resume=args.resume,
+        force=args.force, progress=not args.no_progress, latent_dim=args.latent_dim,
+        hidden_units=args.hidden_units, likelihood=args.likelihood,
+        **({"covariance": args.covariance} if args.likelihood == "gaussian" else {}),
+    )
+    lines = [f"run written to {args.out}",
+             f"  test ELBO            {metrics['test_elbo']:10.2f} nats",
+             f"    reconstruction     {metrics['test_reconstruction']:10.2f} nats",
+             f"    KL                 {metrics['test_kl']:10.2f} nats"]
+    if metrics.get("iwae_log_likelihood") is not None:
+        lines.append(f"  IWAE (k={metrics['iwae_k']})".ljust(23)
+                     + f"{metrics['iwae_log_likelihood']:10.2f} nats")
+    if "bits_per_dim_elbo" in metrics:
+        lines.append(f"  bits/dim (ELBO)      {metrics['bits_per_dim_elbo']:10.3f}")
+    lines.append(f"  data: {metrics['data_description']}")
+    print("\n".join(lines))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from vae_helpers.data import DataError
+    from vae_helpers.runs import RunError
+    from vae_helpers.train import TrainingDiverged
+
+    try:
+        return {"train": _train}[args.command](args)
+    except (DataError, RunError, TrainingDiverged, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; the last completed epoch is checkpointed: rerun with --resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

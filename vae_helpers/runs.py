@@ -1,0 +1,163 @@
+"""Run directories: what a training run leaves behind, and how to load it again.
+
+A run directory holds
+
+``config.json``
+    the model's constructor arguments, the training settings, the data variant
+    and where the data came from;
+``history.csv``
+    one row per epoch: train and test ELBO, their reconstruction and KL terms,
+    seconds;
+``metrics.json``
+    the final test metrics (ELBO terms, IWAE-k with its k, bits/dim where
+    defined), epochs, parameter count, wall-clock seconds, library versions;
+``checkpoint/``
+    the ``tf.train.Checkpoint`` of every epoch's end (the newest two are kept),
+    from which ``load_model`` rebuilds the trained model.
+
+Stages hand results to each other through this directory only.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vae_helpers import __version__, io
+from vae_helpers import data as data_lib
+from vae_helpers._tf import tf, tfp
+from vae_helpers.evaluate import evaluate
+from vae_helpers.model import VAE
+from vae_helpers.train import fit
+
+RUN_FILES = ("config.json", "history.csv", "metrics.json", "checkpoint")
+
+
+class RunError(RuntimeError):
+    """A run directory is missing, incomplete, or would be overwritten."""
+
+
+def library_versions() -> dict:
+    return {"python": platform.python_version(), "tensorflow": tf.__version__,
+            "tensorflow_probability": tfp.__version__, "numpy": np.__version__,
+            "vae_helpers": __version__}
+
+
+def _claim(out: Path, resume: bool, force: bool) -> None:
+    """Make sure writing into ``out`` loses nothing the user did not ask to lose."""
+    existing = [name for name in RUN_FILES if (out / name).exists()]
+    if not existing:
+        return
+    if resume:
+        if not (out / "checkpoint").exists():
+            raise RunError(f"{out} has no checkpoint to resume from; start it without --resume")
+        return
+    if not force:
+        raise RunError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to "
+                       "continue it, --force to replace it, or choose another --out")
+    for name in existing:
+        path = out / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+def train_run(
+    out,
+    epochs: int = 100,
+    batch_size: int = 128,
+    learning_rate: float = 1e-3,
+    seed: int = 0,
+    iwae_k: int = 5000,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    data_path=None,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    **model_options,
+) -> dict:
+    """Train a VAE on MNIST and write a complete run directory.
+
+    Args:
+        out: the run directory (created if missing).
+        epochs, batch_size, learning_rate, seed: as in ``train.fit``.
+        iwae_k: importance samples for the test log-likelihood (0 skips it).
+        n_train, n_test: use only the first images of each set (quick runs).
+        data_path: MNIST .npz; default: ``data.load_mnist``'s search order.
+        resume: continue the run in ``out`` from its last checkpoint.
+        force: replace a run already in ``out``.
+        progress: progress bars.
+        **model_options: ``VAE`` arguments (``latent_dim``, ``hidden_units``,
+            ``likelihood``, ``covariance``, ...).
+
+    Returns:
+        The metrics written to ``metrics.json``.
+    """
+    out = Path(out)
+    started = time.perf_counter()
+    (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
+    x_train = x_train[:n_train] if n_train else x_train
+    x_test = x_test[:n_test] if n_test else x_test
+    model = VAE(seed=seed, **model_options)
+    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, resume, force)
+    variant = model.likelihood.data_variant
+    config = {
+        "model": model.config,
+        "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+                     "seed": seed, "optimizer": "adam", "n_train": int(len(x_train)),
+                     "n_test": int(len(x_test)), "iwae_k": iwae_k},
+        "data": {"variant": variant,
+                 "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+                 "source": str(data_path) if data_path else "load_mnist search order"},
+        "versions": library_versions(),
+    }
+    if not resume or not (out / "config.json").exists():
+        io.write_json(out / "config.json", config)
+    history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
+                  learning_rate=learning_rate, seed=seed, x_test=x_test,
+                  checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
+    history.to_csv(out / "history.csv")
+    metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
+    metrics.update(
+        data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+        epochs=len(history), num_parameters=model.num_parameters,
+        final_train_elbo=history.last.get("train_elbo"),
+        train_seconds=float(sum(r["seconds"] for r in history.rows)),
+        wall_seconds=time.perf_counter() - started,
+        versions=library_versions(), command=" ".join(sys.argv),
+    )
+    io.write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def load_model(run_dir) -> VAE:
+    """Rebuild the model of a run directory and restore its newest checkpoint."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.exists():
+        raise RunError(f"{run_dir} is not a run directory (no config.json); "
+                       "train one with `python -m vae_helpers train --out DIR`")
+    model = VAE.from_config(io.read_json(config_path)["model"])
+    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoint"))
+    if latest is None:
+        raise RunError(f"{run_dir} has no checkpoint; the run did not finish an epoch")
+    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    return model
+
+
+def load_run(run_dir) -> dict:
+    """The files of a run directory as Python objects (missing ones are ``None``)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} does not exist or is not a directory")
+    def maybe(name, reader):
+        path = run_dir / name
+        return reader(path) if path.exists() else None
+    return {"config": maybe("config.json", io.read_json),
+            "history": maybe("history.csv", io.read_csv),
+            "metrics": maybe("metrics.json", io.read_json)}
