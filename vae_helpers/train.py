@@ -177,6 +177,7 @@ def fit(
     data_variant: str | None = None,
     steps_per_call: int | None = None,
     jit_compile: bool = True,
+    on_epoch_end=None,
 ) -> History:
     """Train ``model`` by stochastic gradient ascent on the ELBO with Adam.
 
@@ -198,6 +199,9 @@ def fit(
             (``"dequantized"``, ``"binarized"``, ``"scaled"``).
         steps_per_call: steps per compiled call (default: about a tenth of an epoch).
         jit_compile: compile with XLA.
+        on_epoch_end: optional ``callback(epoch, history)`` called after each
+            epoch's row is recorded and checkpointed (``epoch`` counts from 1),
+            e.g. to redraw a learning curve.
 
     Returns:
         The ``History``: per epoch the mean training ELBO, reconstruction and KL
@@ -282,6 +286,8 @@ def fit(
             if bar is not None and test is not None:
                 bar.set_postfix(epoch=epoch + 1, elbo=f"{row['train_elbo']:.2f}",
                                 test_elbo=f"{row['test_elbo']:.2f}", refresh=True)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, history)
     finally:
         if bar is not None:
             bar.close()

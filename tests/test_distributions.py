@@ -1,0 +1,161 @@
+"""The math under the model, checked against closed forms, TFP and Monte Carlo."""
+
+import math
+
+import numpy as np
+import pytest
+
+from vae_helpers import distributions as dist
+from vae_helpers._tf import tf, tfd
+
+RNG = np.random.default_rng(0)
+
+
+def kl_diag_gauss_closed_form(mu1, var1, mu2, var2):
+    """KL(N(mu1, diag var1) || N(mu2, diag var2)), written out by hand."""
+    return 0.5 * np.sum(var1 / var2 + (mu2 - mu1) ** 2 / var2 - 1.0 + np.log(var2 / var1), -1)
+
+
+def test_kl_two_diagonal_gaussians_closed_form_tfp_and_monte_carlo():
+    mu1, mu2 = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    var1, var2 = RNG.uniform(0.3, 2.0, (3, 4)), RNG.uniform(0.3, 2.0, (3, 4))
+    q = tfd.MultivariateNormalDiag(mu1, np.sqrt(var1))
+    p = tfd.MultivariateNormalDiag(mu2, np.sqrt(var2))
+    closed = kl_diag_gauss_closed_form(mu1, var1, mu2, var2)
+    np.testing.assert_allclose(tfd.kl_divergence(q, p).numpy(), closed, rtol=1e-5)
+    np.testing.assert_allclose(dist.kl_divergence(q, p).numpy(), closed, rtol=1e-5)
+    z = q.sample(200_000, seed=(1, 2))
+    log_ratio = (q.log_prob(z) - p.log_prob(z)).numpy()
+    mc, stderr = log_ratio.mean(0), log_ratio.std(0) / math.sqrt(len(log_ratio))
+    assert np.all(np.abs(mc - closed) < 5 * stderr + 1e-3)
+
+
+def test_kl_against_standard_normal_special_case():
+    mu = RNG.normal(size=(5, 2)).astype("float32")
+    var = RNG.uniform(0.05, 3.0, (5, 2)).astype("float32")
+    q = tfd.MultivariateNormalDiag(mu, np.sqrt(var))
+    prior = dist.make_prior("normal", 2)()
+    special = 0.5 * np.sum(var + mu**2 - 1.0 - np.log(var), -1)
+    np.testing.assert_allclose(dist.kl_divergence(q, prior).numpy(), special, rtol=1e-5)
+
+
+def test_kl_falls_back_to_monte_carlo_where_tfp_has_no_closed_form():
+    q = tfd.Independent(tfd.Laplace(loc=[[0.3, -0.2]], scale=[[0.5, 1.5]]), 1)
+    p = tfd.MultivariateNormalDiag(tf.zeros(2), tf.ones(2))
+    assert not dist.has_analytic_kl(q, p)
+    with pytest.raises(ValueError, match="Monte Carlo"):
+        dist.kl_divergence(q, p)
+    z = q.sample(100_000, seed=(3, 4))
+    per_sample = dist.kl_divergence(q, p, z).numpy()
+    np.testing.assert_allclose(per_sample, (q.log_prob(z) - p.log_prob(z)).numpy())
+    # Closed form of KL(Laplace(m, b) || N(0, 1)) per dimension:
+    # -log(2b) - 1 + 0.5 log(2 pi) + 0.5 (m^2 + 2 b^2).
+    m, b = np.array([0.3, -0.2]), np.array([0.5, 1.5])
+    exact = np.sum(-np.log(2 * b) - 1 + 0.5 * np.log(2 * np.pi) + 0.5 * (m**2 + 2 * b**2))
+    stderr = per_sample.std() / math.sqrt(per_sample.size)
+    assert abs(per_sample.mean() - exact) < 5 * stderr
+
+
+def test_reparameterization_gradient_matches_autodiff_of_closed_form_expectation():
+    """d/dmu and d/dsigma of E_q[exp(a.z)] for q = N(mu, diag sigma^2), z sampled by TFP."""
+    a = tf.constant([0.7, -0.4])
+    mu = tf.Variable([0.2, -0.1])
+    sigma = tf.Variable([0.5, 0.8])
+    with tf.GradientTape(persistent=True) as tape:
+        q = tfd.MultivariateNormalDiag(mu, sigma)
+        z = q.sample(400_000, seed=(5, 6))
+        mc = tf.reduce_mean(tf.exp(tf.reduce_sum(a * z, -1)))
+        closed = tf.exp(tf.reduce_sum(a * mu) + 0.5 * tf.reduce_sum(a**2 * sigma**2))
+    for var in (mu, sigma):
+        np.testing.assert_allclose(tape.gradient(mc, var).numpy(),
+                                   tape.gradient(closed, var).numpy(), rtol=0.02, atol=2e-3)
+
+
+def test_package_posterior_is_reparameterized_through_the_encoder_output():
+    post = dist.make_posterior("normal", 2)
+    params = tf.Variable([[0.1, -0.3, 0.4, -1.0]])  # mu (2), raw variance (2)
+    with tf.GradientTape() as tape:
+        q = post(params)
+        z = q.sample(200_000, seed=(7, 8))
+        mc = tf.reduce_mean(tf.reduce_sum(z**2, -1))
+    # E[z^2] = mu^2 + var, var = softplus(raw) + 1e-6: d/dmu = 2 mu, d/draw = sigmoid(raw).
+    expected = np.array([[0.2, -0.6, 1 / (1 + np.exp(-0.4)), 1 / (1 + np.exp(1.0))]])
+    np.testing.assert_allclose(tape.gradient(mc, params).numpy(), expected, atol=0.01)
+    assert q.reparameterization_type == tfd.FULLY_REPARAMETERIZED
+
+
+@pytest.mark.parametrize("covariance", ["scalar", "diagonal"])
+def test_gradient_wrt_sigma_squared_of_gaussian_log_likelihood(covariance):
+    """d/d sigma^2 log N(x; m, sigma^2 I) = -D/(2 sigma^2) + ||x - m||^2 / (2 sigma^4)."""
+    d = 784
+    lik = dist.make_likelihood("gaussian", d, covariance=covariance, init_variance=0.05)
+    logits = tf.constant(RNG.normal(size=(1, d)), tf.float32)
+    x = tf.constant(RNG.uniform(size=(1, d)), tf.float32)
+    with tf.GradientTape() as tape:
+        log_p = tf.reduce_sum(lik(logits).log_prob(x))
+    grad_raw = tape.gradient(log_p, lik.raw_variance).numpy()
+    var = lik.variance.numpy()
+    sq = ((x - tf.sigmoid(logits)).numpy() ** 2)[0]
+    if covariance == "scalar":
+        d_var = -d / (2 * var) + sq.sum() / (2 * var**2)
+    else:
+        d_var = -1 / (2 * var) + sq / (2 * var**2)
+    # variance = floor + softplus(raw), so d var / d raw = sigmoid(raw).
+    chain = 1 / (1 + np.exp(-lik.raw_variance.numpy()))
+    np.testing.assert_allclose(grad_raw, d_var * chain, rtol=1e-4)
+    # The same gradient is not the one w.r.t. sigma: d/d sigma = 2 sigma * d/d sigma^2.
+    assert not np.allclose(d_var, 2 * np.sqrt(var) * d_var)
+
+
+def test_gaussian_likelihood_matches_the_density_written_out():
+    lik = dist.make_likelihood("gaussian", 6, init_variance=0.3)
+    logits = RNG.normal(size=(2, 6)).astype("float32")
+    x = RNG.uniform(size=(2, 6)).astype("float32")
+    m, var = 1 / (1 + np.exp(-logits)), lik.variance.numpy()
+    by_hand = -0.5 * np.sum(np.log(2 * np.pi * var) + (x - m) ** 2 / var, -1)
+    np.testing.assert_allclose(lik(logits).log_prob(x).numpy(), by_hand, rtol=1e-5)
+
+
+def test_bernoulli_likelihood_matches_the_mass_written_out():
+    lik = dist.make_likelihood("bernoulli", 5)
+    logits = RNG.normal(size=(3, 5)).astype("float32")
+    x = (RNG.uniform(size=(3, 5)) < 0.5).astype("float32")
+    p = 1 / (1 + np.exp(-logits))
+    by_hand = np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), -1)
+    np.testing.assert_allclose(lik(logits).log_prob(x).numpy(), by_hand, rtol=1e-5)
+
+
+def test_continuous_bernoulli_is_normalised_on_the_unit_interval():
+    lik = dist.make_likelihood("continuous_bernoulli", 1)
+    grid = np.linspace(0.0, 1.0, 20_001, dtype="float32")[:, None]
+    for logit in (-3.0, -0.2, 0.0, 1.5):
+        density = np.exp(lik(tf.fill([grid.shape[0], 1], logit)).log_prob(grid).numpy())
+        assert abs(np.trapezoid(density, grid[:, 0]) - 1.0) < 1e-3
+
+
+@pytest.mark.parametrize("covariance", ["scalar", "diagonal"])
+def test_gaussian_density_is_bounded_whatever_the_parameters(covariance):
+    d = 784
+    lik = dist.make_likelihood("gaussian", d, covariance=covariance)
+    lik.raw_variance.assign(tf.fill(lik.raw_variance.shape, -1e4))  # softplus -> 0
+    logits = tf.fill([1, d], -30.0)                                  # mean ~ 1e-13
+    x = tf.zeros([1, d])                                             # the mean exactly
+    log_p = lik(logits).log_prob(x).numpy()
+    assert np.isfinite(log_p).all()
+    assert np.all(log_p <= lik.max_log_density(d) + 1e-3)
+    np.testing.assert_allclose(lik.variance.numpy(), dist.MIN_VARIANCE, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind,factory", [
+    ("likelihood", lambda: dist.make_likelihood("poisson", 4)),
+    ("prior", lambda: dist.make_prior("cauchy", 2)),
+    ("posterior", lambda: dist.make_posterior("flow", 2)),
+    ("options", lambda: dist.make_likelihood("bernoulli", 4, covariance="diagonal")),
+    ("covariance", lambda: dist.make_likelihood("gaussian", 4, covariance="full")),
+    ("init", lambda: dist.make_likelihood("gaussian", 4, init_variance=0.0)),
+])
+def test_bad_names_and_options_are_clear_errors(kind, factory):
+    with pytest.raises(ValueError) as err:
+        factory()
+    message = str(err.value)
+    assert len(message) > 20 and "\n" not in message

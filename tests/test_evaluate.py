@@ -1,0 +1,124 @@
+"""ELBO and IWAE against an exact log-likelihood: probabilistic PCA.
+
+With a linear decoder and a Gaussian likelihood, x = W z + b + noise with
+z ~ N(0, I) and noise ~ N(0, s^2 I), the marginal is exact:
+p(x) = N(x; b, W W^T + s^2 I) (Tipping & Bishop, 1999). When the columns of W are
+orthogonal the exact posterior is diagonal,
+q*(z | x) = N(M^{-1} W^T (x - b), s^2 M^{-1}) with M = W^T W + s^2 I,
+and a linear encoder can represent it exactly.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+from vae_helpers import evaluate
+from vae_helpers._tf import tf
+from vae_helpers.model import VAE
+
+D, P, S2 = 6, 2, 0.1
+
+
+def _inverse_softplus(y):
+    return y + np.log(-np.expm1(-y))
+
+
+@pytest.fixture(scope="module")
+def ppca():
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.normal(size=(D, P)))
+    w = q * np.array([2.0, 1.0])           # orthogonal columns
+    b = rng.normal(size=D)
+    model = VAE(latent_dim=P, hidden_units=(), input_dim=D, likelihood="gaussian",
+                output_activation="linear", init_variance=S2)
+    model.decoder.layers[0].w.assign(w.T.astype("float32"))
+    model.decoder.layers[0].b.assign(b.astype("float32"))
+    s2 = float(model.likelihood.variance)
+    m = w.T @ w + s2 * np.eye(P)
+    a = np.linalg.solve(m, w.T)             # posterior mean = a (x - b)
+    post_var = s2 / np.diag(m)              # diagonal because W^T W is diagonal
+    n = 400
+    z = rng.normal(size=(n, P))
+    x = (z @ w.T + b + math.sqrt(s2) * rng.normal(size=(n, D))).astype("float32")
+    cov = w @ w.T + s2 * np.eye(D)
+    diff = x - b
+    log_px = -0.5 * (D * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1]
+                     + np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff))
+    return dict(model=model, a=a, b=b, post_var=post_var, x=x, log_px=log_px)
+
+
+def _set_encoder(model, a, b, post_var, shift=0.0, var_scale=1.0):
+    raw = _inverse_softplus(post_var * var_scale - 1e-6)
+    w_enc = np.concatenate([a.T, np.zeros((D, P))], axis=1)
+    b_enc = np.concatenate([-a @ b + shift, raw])
+    model.encoder.layers[0].w.assign(w_enc.astype("float32"))
+    model.encoder.layers[0].b.assign(b_enc.astype("float32"))
+
+
+def test_exact_posterior_makes_every_importance_weight_the_likelihood(ppca):
+    model, x, log_px = ppca["model"], ppca["x"], ppca["log_px"]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"])
+    for k in (1, 10):
+        iwae = evaluate.iwae_log_likelihood(model, x, k=k, per_example=True)
+        np.testing.assert_allclose(iwae, log_px, atol=2e-3)
+    # The ELBO's reconstruction term is a Monte Carlo average (2000 samples here),
+    # so it matches per image only up to its noise, and on average much closer.
+    elbo = evaluate.evaluate_elbo(model, x, n_samples=2000, per_example=True)["elbo"]
+    np.testing.assert_allclose(elbo, log_px, atol=0.2)
+    assert abs(elbo.mean() - log_px.mean()) < 0.01
+
+
+def test_ragged_last_chunk_is_weighted_correctly(ppca):
+    """k not a multiple of the chunk: padding samples must not count (log w = log p(x))."""
+    model, x, log_px = ppca["model"], ppca["x"][:50], ppca["log_px"][:50]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"])
+    iwae = evaluate.iwae_log_likelihood(model, x, k=7, chunk=3, batch_size=16,
+                                        per_example=True)
+    np.testing.assert_allclose(iwae, log_px, atol=2e-3)
+
+
+def test_iwae_rises_with_k_towards_the_exact_log_likelihood(ppca):
+    model, x, log_px = ppca["model"], ppca["x"], ppca["log_px"]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"], shift=0.6, var_scale=3.0)
+    exact = log_px.mean()
+    elbo = evaluate.evaluate_elbo(model, x, n_samples=500)["elbo"]
+    bounds = [evaluate.iwae_log_likelihood(model, x, k=k, seed=1) for k in (10, 100, 1000)]
+    values = [elbo, *bounds]
+    assert all(lo < hi for lo, hi in zip(values, values[1:], strict=False)), values
+    assert bounds[-1] <= exact + 0.01
+    assert exact - bounds[-1] < 0.1 * (exact - elbo)
+
+
+def test_iwae_memory_bound_and_argument_checks(ppca):
+    model, x = ppca["model"], ppca["x"][:20]
+    a = evaluate.iwae_log_likelihood(model, x, k=64, chunk=8, batch_size=5, seed=3)
+    b = evaluate.iwae_log_likelihood(model, x, k=64, chunk=8, batch_size=5, seed=3)
+    assert a == b
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            evaluate.iwae_log_likelihood(model, x, k=bad)
+
+
+def test_bits_per_dim():
+    # a uniform density on [0,1)^D (log p = 0) spends exactly 8 bits per 8-bit pixel
+    assert evaluate.bits_per_dim(0.0, 784) == pytest.approx(8.0)
+    assert evaluate.bits_per_dim(784 * math.log(2), 784) == pytest.approx(7.0)
+    assert evaluate.bits_per_dim(-784 * math.log(2), 784, dequantized=False) == pytest.approx(1.0)
+
+
+def test_evaluate_reports_all_metrics_on_pixels():
+    model = VAE(latent_dim=2, hidden_units=[32])
+    pixels = np.random.default_rng(0).integers(0, 256, size=(40, 28, 28), dtype=np.uint8)
+    out = evaluate.evaluate(model, pixels, k=16)
+    assert out["data_variant"] == "dequantized" and out["n_test"] == 40 and out["iwae_k"] == 16
+    assert out["test_elbo"] == pytest.approx(out["test_reconstruction"] - out["test_kl"], rel=1e-5)
+    assert out["iwae_log_likelihood"] >= out["test_elbo"] - 1.0
+    assert out["bits_per_dim_elbo"] == pytest.approx(evaluate.bits_per_dim(out["test_elbo"], 784))
+    again = evaluate.evaluate(model, pixels, k=16)
+    assert again == out  # fixed test transform and seeds
+    binary = evaluate.evaluate(VAE(likelihood="bernoulli", hidden_units=[32]), pixels, k=0)
+    assert binary["data_variant"] == "binarized" and binary["iwae_log_likelihood"] is None
+    assert "bits_per_dim_elbo" not in binary
+    prepared = evaluate.prepare_eval_data(pixels, "binarized").numpy()
+    assert set(np.unique(prepared)) <= {0.0, 1.0}
