@@ -455,3 +455,17 @@ def test_keras_cache_corrupt_is_reported_not_skipped(isolated):
         data.load_mnist()
     assert_helpful(info.value, isolated["cache"], "not a readable .npz")
     assert isolated["calls"] == []
+
+
+def test_locate_mnist_follows_the_documented_order(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setattr(data.Path, "home", classmethod(lambda cls: home))
+    monkeypatch.delenv("VAE_MNIST", raising=False)
+    assert data.locate_mnist() == (None, "keras.datasets.mnist.load_data()")
+    cache = home / ".keras" / "datasets" / "mnist.npz"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"")
+    assert data.locate_mnist() == (cache, "the Keras cache")
+    monkeypatch.setenv("VAE_MNIST", str(tmp_path / "env.npz"))
+    assert data.locate_mnist() == (tmp_path / "env.npz", "$VAE_MNIST")
+    assert data.locate_mnist(tmp_path / "arg.npz") == (tmp_path / "arg.npz", "the path argument")

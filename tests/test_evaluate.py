@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from vae_helpers import evaluate
-from vae_helpers._tf import tf
 from vae_helpers.model import VAE
 
 D, P, S2 = 6, 2, 0.1

@@ -102,7 +102,8 @@ def _train(args) -> int:
         args.out, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, iwae_k=args.iwae_k,
         n_train=args.n_train, n_test=args.n_test, data_path=args.data, resume=args.resume,
-        force=args.force, progress=not args.no_progress, latent_dim=args.latent_dim,
+        force=args.force, progress=not args.no_progress, command=args.command_line,
+        latent_dim=args.latent_dim,
         hidden_units=args.hidden_units, likelihood=args.likelihood,
         **({"covariance": args.covariance} if args.likelihood == "gaussian" else {}),
     )
@@ -120,20 +121,32 @@ def _train(args) -> int:
     return 0
 
 
+def _resume_hint(args) -> str:
+    out = getattr(args, "out", None)
+    if out:
+        from vae_helpers._tf import tf
+
+        latest = tf.train.latest_checkpoint(f"{out}/checkpoint")
+        if latest:
+            return f"the last completed epoch is checkpointed ({latest}): rerun with --resume"
+    return "no epoch was completed, so there is nothing to resume"
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["python -m vae_helpers", *argv])
     from vae_helpers.data import DataError
     from vae_helpers.runs import RunError
     from vae_helpers.train import TrainingDiverged
 
     try:
         return {"train": _train}[args.command](args)
-    except (DataError, RunError, TrainingDiverged, FileExistsError, ValueError) as err:
+    except (DataError, RunError, TrainingDiverged, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("\ninterrupted; the last completed epoch is checkpointed: rerun with --resume",
-              file=sys.stderr)
+        print(f"\ninterrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
 
 

@@ -42,7 +42,8 @@ N_TRAIN, N_TEST, SIDE = 60000, 10000, 28
 _DOWNLOAD_HOST, _DOWNLOAD_PORT, _PROBE_TIMEOUT_S = "storage.googleapis.com", 443, 3.0
 _FIX = (
     f"set {ENV_VAR} to the path of mnist.npz (keys x_train, y_train, x_test, y_test "
-    "as returned by keras.datasets.mnist.load_data), or pass path=... to load_mnist"
+    "as returned by keras.datasets.mnist.load_data), or pass its path "
+    "(load_mnist(path=...); on the command line --data PATH)"
 )
 # Largest u kept: pixel + u must stay below pixel + 1 after float32 rounding.
 _U_MAX = 1.0 - 2.0**-16
@@ -89,13 +90,10 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> Arrays:
     Raises:
         DataError: no data found, or the data found is unreadable or malformed.
     """
-    env = os.environ.get(ENV_VAR, "")
-    for given, source in ((path, "the path argument"), (env or None, f"${ENV_VAR}")):
-        if given is not None:
-            return _read_npz(Path(given).expanduser(), source)
-    cache = Path.home() / ".keras" / "datasets" / "mnist.npz"
-    if cache.exists():
-        return _read_npz(cache, "the Keras cache")
+    found, source = locate_mnist(path)
+    if found is not None:
+        return _read_npz(found, source)
+    cache = _keras_cache()
     searched = f"the path argument (not given), ${ENV_VAR} (not set), {cache} (no such file)"
     host = f"{_DOWNLOAD_HOST}:{_DOWNLOAD_PORT}"
     if not _download_host_reachable():
@@ -113,6 +111,28 @@ def load_mnist(path: str | os.PathLike[str] | None = None) -> Arrays:
         ) from err
     arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
     return validate_mnist(arrays, source)
+
+
+def _keras_cache() -> Path:
+    return Path.home() / ".keras" / "datasets" / "mnist.npz"
+
+
+def locate_mnist(path: str | os.PathLike[str] | None = None) -> tuple[Path | None, str]:
+    """Where ``load_mnist(path)`` reads from, without reading anything.
+
+    Returns:
+        ``(file, source)``: the file and which rule chose it ("the path
+        argument", "$VAE_MNIST", "the Keras cache"), or ``(None, ...)`` when
+        ``load_mnist`` would fall back to ``keras.datasets.mnist.load_data()``.
+    """
+    env = os.environ.get(ENV_VAR, "")
+    for given, source in ((path, "the path argument"), (env or None, f"${ENV_VAR}")):
+        if given is not None:
+            return Path(given).expanduser(), source
+    cache = _keras_cache()
+    if cache.exists():
+        return cache, "the Keras cache"
+    return None, "keras.datasets.mnist.load_data()"
 
 
 def _download_host_reachable(

@@ -18,11 +18,18 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temporary file + rename)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -42,8 +49,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 def _jsonable(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / tf scalars
-        return _jsonable(value.item())
+    if getattr(value, "ndim", 1) == 0:  # numpy / tf scalars
+        if hasattr(value, "numpy"):  # a tf scalar has .numpy() but no .item()
+            value = value.numpy()
+        if hasattr(value, "item"):
+            return _jsonable(value.item())
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -75,8 +85,10 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
 
 
 def read_csv(path: str | os.PathLike) -> list[dict]:
-    """Read a CSV written by ``write_csv``; numeric fields come back as numbers."""
+    """Read a CSV written by ``write_csv``; numbers come back as numbers, gaps as None."""
     def convert(v: str):
+        if v == "":
+            return None
         for kind in (int, float):
             try:
                 return kind(v)

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vae_helpers import __version__, io
+import vae_helpers
 from vae_helpers import data as data_lib
+from vae_helpers import io
 from vae_helpers._tf import tf, tfp
 from vae_helpers.evaluate import evaluate
 from vae_helpers.model import VAE
@@ -45,13 +46,17 @@ class RunError(RuntimeError):
 def library_versions() -> dict:
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
             "tensorflow_probability": tfp.__version__, "numpy": np.__version__,
-            "vae_helpers": __version__}
+            "vae_helpers": vae_helpers.__version__}
 
 
 def _claim(out: Path, resume: bool, force: bool) -> None:
     """Make sure writing into ``out`` loses nothing the user did not ask to lose."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory; choose another --out")
     existing = [name for name in RUN_FILES if (out / name).exists()]
     if not existing:
+        if resume:
+            print(f"note: {out} holds no run to resume; starting a new one", file=sys.stderr)
         return
     if resume:
         if not (out / "checkpoint").exists():
@@ -78,6 +83,7 @@ def train_run(
     resume: bool = False,
     force: bool = False,
     progress: bool = True,
+    command: str | None = None,
     **model_options,
 ) -> dict:
     """Train a VAE on MNIST and write a complete run directory.
@@ -91,6 +97,7 @@ def train_run(
         resume: continue the run in ``out`` from its last checkpoint.
         force: replace a run already in ``out``.
         progress: progress bars.
+        command: the command line to record in ``metrics.json``.
         **model_options: ``VAE`` arguments (``latent_dim``, ``hidden_units``,
             ``likelihood``, ``covariance``, ...).
 
@@ -99,12 +106,13 @@ def train_run(
     """
     out = Path(out)
     started = time.perf_counter()
+    source, rule = data_lib.locate_mnist(data_path)
     (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
     x_train = x_train[:n_train] if n_train else x_train
     x_test = x_test[:n_test] if n_test else x_test
     model = VAE(seed=seed, **model_options)
-    out.mkdir(parents=True, exist_ok=True)
     _claim(out, resume, force)
+    out.mkdir(parents=True, exist_ok=True)
     variant = model.likelihood.data_variant
     config = {
         "model": model.config,
@@ -113,11 +121,12 @@ def train_run(
                      "n_test": int(len(x_test)), "iwae_k": iwae_k},
         "data": {"variant": variant,
                  "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-                 "source": str(data_path) if data_path else "load_mnist search order"},
+                 "source": str(source) if source is not None else rule, "found_by": rule},
         "versions": library_versions(),
     }
-    if not resume or not (out / "config.json").exists():
-        io.write_json(out / "config.json", config)
+    # On resume the settings are checked against the checkpoint's by ``fit``;
+    # the config is rewritten so that it states the new total of epochs.
+    io.write_json(out / "config.json", config)
     history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
                   learning_rate=learning_rate, seed=seed, x_test=x_test,
                   checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
@@ -129,7 +138,7 @@ def train_run(
         final_train_elbo=history.last.get("train_elbo"),
         train_seconds=float(sum(r["seconds"] for r in history.rows)),
         wall_seconds=time.perf_counter() - started,
-        versions=library_versions(), command=" ".join(sys.argv),
+        versions=library_versions(), command=command or " ".join(sys.argv),
     )
     io.write_json(out / "metrics.json", metrics)
     return metrics

@@ -1,0 +1,473 @@
+"""Tests of the command line ``python -m vae_helpers train``.
+
+Every command runs in a fresh interpreter, as a user would start it, on the
+synthetic MNIST file of ``conftest.fake_mnist`` (through ``VAE_MNIST``). A
+Python process pays about four seconds to import TensorFlow, so the commands
+that do not depend on each other run two at a time, and the trainings are
+tiny and shared between the tests that read them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from vae_helpers.__main__ import build_parser, main
+
+TINY = ["--epochs", "1", "--n-train", "512", "--n-test", "256", "--iwae-k", "8",
+        "--batch-size", "128", "--no-progress", "--hidden-units", "32"]
+HISTORY_COLUMNS = ["epoch", "train_elbo", "train_reconstruction", "train_kl",
+                   "test_elbo", "test_reconstruction", "test_kl", "seconds"]
+METRIC_KEYS = {"test_elbo", "test_reconstruction", "test_kl", "iwae_k", "iwae_log_likelihood",
+               "data_variant", "epochs", "num_parameters", "wall_seconds", "versions"}
+TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuda|oneDNN|rebuild TensorFlow",
+                         re.IGNORECASE)
+TIMEOUT_S = 300
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def cli_env(data_path) -> dict:
+    """The user's environment with VAE_MNIST set and TensorFlow's logging left at defaults."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VAE_HELPERS_VERBOSE_TF", "TF_CPP_MIN_LOG_LEVEL")}
+    env["VAE_MNIST"] = str(data_path)
+    return env
+
+
+def run_cli(args, data_path, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vae_helpers", *map(str, args)],
+                          env=cli_env(data_path), cwd=cwd, capture_output=True, text=True,
+                          timeout=TIMEOUT_S, check=False)
+
+
+def run_all(commands: dict, data_path, cwd) -> dict:
+    """Run ``{name: (args, data_path or None)}`` two at a time; results by name."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {name: pool.submit(run_cli, args, path or data_path, cwd)
+                   for name, (args, path) in commands.items()}
+        return {name: future.result() for name, future in futures.items()}
+
+
+def stderr_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(result, code: int, *fragments: str) -> str:
+    lines = stderr_lines(result)
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file below ``directory`` (relative path -> bytes)."""
+    return {str(p.relative_to(directory)): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def read_history(run_dir: Path) -> tuple[list[str], list[dict], list[str]]:
+    """history.csv as (header, rows with float values, raw lines)."""
+    text = (run_dir / "history.csv").read_text()
+    reader = csv.DictReader(text.splitlines())
+    rows = [{k: float(v) for k, v in row.items()} for row in reader]
+    return list(reader.fieldnames), rows, text.splitlines()
+
+
+def train_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def expected_num_parameters(model_config: dict) -> int:
+    """Dense layers of both networks (the normal posterior has a mean and a scale per
+    latent dimension) plus the gaussian likelihood's learned variance."""
+    d, p, hidden = model_config["input_dim"], model_config["latent_dim"], \
+        model_config["hidden_units"]
+
+    def dense(sizes):
+        return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True))
+
+    count = dense([d, *hidden, 2 * p]) + dense([p, *hidden, d])
+    if model_config["likelihood"] == "gaussian":
+        count += 1 if model_config["covariance"] == "scalar" else d
+    return count
+
+
+def assert_finite_numbers(metrics: dict, keys) -> None:
+    for key in keys:
+        value = metrics[key]
+        assert isinstance(value, (int, float)) and not isinstance(value, bool), (key, value)
+        assert math.isfinite(value), (key, value)
+
+
+# --- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cli")
+
+
+@pytest.fixture(scope="module")
+def quick(workdir, fake_mnist) -> dict:
+    """The commands that fail or exit before training, run two at a time."""
+    corrupt = workdir / "corrupt.npz"
+    with open(fake_mnist, "rb") as f:
+        corrupt.write_bytes(f.read(4096))  # a truncated archive
+    missing = workdir / "no-such-dir" / "mnist.npz"
+    return run_all({
+        "train_help": (["train", "--help"], None),
+        "bad_epochs": (["train", "--out", workdir / "bad", "--epochs", "-1"], None),
+        "missing_data": (["train", "--out", workdir / "missing", *TINY], missing),
+        "corrupt_data": (["train", "--out", workdir / "corrupt", *TINY], corrupt),
+    }, fake_mnist, workdir) | {"missing_path": missing, "corrupt_path": corrupt}
+
+
+@pytest.fixture(scope="module")
+def gaussian_run(workdir, fake_mnist):
+    """One tiny training with the default (gaussian) likelihood: (run dir, result)."""
+    out = workdir / "gaussian"
+    result = run_cli(["train", "--out", out, *TINY], fake_mnist, workdir)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+@pytest.fixture(scope="module")
+def followups(workdir, fake_mnist, gaussian_run) -> dict:
+    """What happens to an existing run: run again plainly, --resume, --force.
+
+    The plain rerun goes into the gaussian run itself (it must change nothing);
+    --resume and --force work on copies of it.
+    """
+    original, _ = gaussian_run
+    before = snapshot(original)
+    resumed, forced = workdir / "resumed", workdir / "forced"
+    shutil.copytree(original, resumed)
+    shutil.copytree(original, forced)
+    resume_args = [*TINY, "--resume"]
+    resume_args[resume_args.index("--epochs") + 1] = "2"
+    results = run_all({
+        "again": (["train", "--out", original, *TINY], None),
+        "resume": (["train", "--out", resumed, *resume_args], None),
+        "force": (["train", "--out", forced, *TINY, "--force", "--likelihood", "bernoulli"],
+                  None),
+    }, fake_mnist, workdir)
+    return results | {"before": before, "resumed": resumed, "forced": forced}
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+def test_help_exits_zero_and_lists_the_train_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    captured = capsys.readouterr()
+    assert re.search(r"^\s+train\s+\S", captured.out, re.MULTILINE), captured.out
+    assert captured.err == ""
+
+
+def test_train_help_documents_every_option(quick):
+    result = quick["train_help"]
+    assert result.returncode == 0, result.stderr
+    assert stderr_lines(result) == []
+    options = [a for a in train_parser()._actions if a.option_strings]
+    assert len(options) >= 16
+    for action in options:
+        assert action.help and action.help.strip() and action.help != argparse.SUPPRESS, \
+            f"{action.option_strings} has no help"
+        for option in action.option_strings:
+            assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", result.stdout), \
+                f"{option} missing from `train --help`"
+
+
+def test_help_defaults_match_the_parser():
+    """A "(default X)" in a help text states the option's real default."""
+    checked = 0
+    for action in train_parser()._actions:
+        match = re.search(r"default ([\w.,]+)", action.help or "")
+        if not match:
+            continue
+        default = action.default
+        shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        assert match.group(1).rstrip(",.") == shown, (action.option_strings, action.help)
+        checked += 1
+    assert checked >= 8
+
+
+# --- bad options -----------------------------------------------------------------------------
+
+BAD_OPTIONS = [
+    (["--epochs=-1"], "--epochs"),
+    (["--epochs=0"], "--epochs"),
+    (["--epochs=1.5"], "--epochs"),
+    (["--epochs=ten"], "--epochs"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--batch-size=0"], "--batch-size"),
+    (["--batch-size=-128"], "--batch-size"),
+    (["--batch-size=12.8"], "--batch-size"),
+    (["--latent-dim=0"], "--latent-dim"),
+    (["--latent-dim=-2"], "--latent-dim"),
+    (["--latent-dim=two"], "--latent-dim"),
+    (["--learning-rate=0"], "--learning-rate"),
+    (["--learning-rate=-1"], "--learning-rate"),
+    (["--learning-rate=nan"], "--learning-rate"),
+    (["--learning-rate=inf"], "--learning-rate"),
+    (["--learning-rate=-inf"], "--learning-rate"),
+    (["--learning-rate=abc"], "--learning-rate"),
+    (["--learning-rate=1e-400"], "--learning-rate"),  # underflows to 0
+    (["--hidden-units=0"], "--hidden-units"),
+    (["--hidden-units=a,b"], "--hidden-units"),
+    (["--hidden-units="], "--hidden-units"),
+    (["--hidden-units=512,-1"], "--hidden-units"),
+    (["--likelihood=poisson"], "--likelihood"),
+    (["--covariance=full"], "--covariance"),
+    (["--seed=-1"], "--seed"),
+    (["--iwae-k=-5"], "--iwae-k"),
+    (["--n-train=0"], "--n-train"),
+    (["--n-test=x"], "--n-test"),
+    (["--bogus"], "--bogus"),
+    (["--epochs"], "--epochs"),  # value missing
+]
+
+
+@pytest.mark.parametrize("bad, option", BAD_OPTIONS,
+                         ids=[" ".join(bad) or "empty" for bad, _ in BAD_OPTIONS])
+def test_bad_option_is_one_line_exit_2(bad, option, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--out", str(tmp_path / "run"), *bad])
+    assert info.value.code == 2
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert option in lines[0]
+    assert "--help" in lines[0]
+    assert "Traceback" not in captured.err
+    assert captured.out == ""
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv", [["train"], ["train", "--epochs", "3"]],
+                         ids=["bare", "with-epochs"])
+def test_missing_out_is_one_line_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--out" in lines[0]
+
+
+def test_missing_command_is_one_line_exit_2(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "COMMAND" in lines[0]
+
+
+def test_bad_option_in_a_fresh_process(quick, workdir):
+    """The same through ``python -m``: exit 2, one line, no TensorFlow chatter."""
+    assert_one_line_error(quick["bad_epochs"], 2, "--epochs", "error", "'-1'")
+    assert quick["bad_epochs"].stdout == ""
+    assert not (workdir / "bad").exists()
+
+
+# --- data errors -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["missing", "corrupt"])
+def test_bad_data_file_is_one_line_exit_1(quick, workdir, case):
+    path = quick[f"{case}_path"]
+    line = assert_one_line_error(quick[f"{case}_data"], 1, str(path), "VAE_MNIST", "To fix")
+    assert line.startswith("error: ")
+    assert ("does not exist" if case == "missing" else "not a readable .npz") in line
+    assert not (workdir / case).exists(), "a failed start must not create the run directory"
+
+
+def test_out_that_cannot_be_a_directory_is_one_line_exit_1(tmp_path, fake_mnist, monkeypatch,
+                                                           capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    monkeypatch.setenv("VAE_MNIST", str(fake_mnist))
+    assert main(["train", "--out", str(blocker / "run"), *TINY]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(blocker) in lines[0]
+    assert blocker.read_text() == "not a directory\n"
+
+
+# --- a tiny run ------------------------------------------------------------------------------
+
+
+def test_run_writes_the_run_directory(gaussian_run):
+    out, _ = gaussian_run
+    assert {p.name for p in out.iterdir()} == {"config.json", "history.csv", "metrics.json",
+                                              "checkpoint"}
+    assert (out / "checkpoint").is_dir()
+    assert (out / "checkpoint" / "checkpoint").is_file()
+    assert list((out / "checkpoint").glob("ckpt-1.index"))
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_run_config_records_the_options(gaussian_run, fake_mnist):
+    out, _ = gaussian_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["hidden_units"] == [32]
+    assert config["model"]["latent_dim"] == 2
+    assert config["model"]["likelihood"] == "gaussian"
+    training = config["training"]
+    assert (training["epochs"], training["batch_size"], training["n_train"],
+            training["n_test"], training["iwae_k"]) == (1, 128, 512, 256, 8)
+    assert training["learning_rate"] == pytest.approx(1e-3)
+    assert config["data"]["variant"] == "dequantized"
+
+
+def test_run_history_has_one_row_per_epoch(gaussian_run):
+    out, _ = gaussian_run
+    header, rows, _ = read_history(out)
+    assert header == HISTORY_COLUMNS
+    assert [row["epoch"] for row in rows] == [1]
+    for row in rows:
+        assert all(math.isfinite(v) for v in row.values()), row
+        assert row["seconds"] > 0
+        for split in ("train", "test"):
+            assert row[f"{split}_elbo"] == pytest.approx(
+                row[f"{split}_reconstruction"] - row[f"{split}_kl"], abs=1e-3, rel=1e-5)
+            assert row[f"{split}_kl"] >= 0
+
+
+def test_run_metrics(gaussian_run):
+    out, _ = gaussian_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert METRIC_KEYS | {"bits_per_dim_elbo", "bits_per_dim_iwae"} <= set(metrics)
+    assert_finite_numbers(metrics, ["test_elbo", "test_reconstruction", "test_kl",
+                                    "iwae_log_likelihood", "wall_seconds", "bits_per_dim_elbo",
+                                    "bits_per_dim_iwae"])
+    assert metrics["test_elbo"] == pytest.approx(
+        metrics["test_reconstruction"] - metrics["test_kl"], abs=1e-3, rel=1e-5)
+    assert metrics["test_kl"] >= 0
+    # IWAE-k is a tighter bound than the ELBO (equal in expectation at worst).
+    tolerance = 1.0 + 0.005 * abs(metrics["test_elbo"])
+    assert metrics["iwae_log_likelihood"] >= metrics["test_elbo"] - tolerance
+    assert metrics["iwae_k"] == 8
+    assert metrics["data_variant"] == "dequantized"
+    assert metrics["epochs"] == 1
+    assert metrics["num_parameters"] == expected_num_parameters(config["model"])
+    assert metrics["wall_seconds"] > 0
+    # bits/dim: -(log-likelihood - D log 256) / (D log 2) on dequantized pixels
+    dims = config["model"]["input_dim"]
+    for name, nats in (("elbo", metrics["test_elbo"]),
+                       ("iwae", metrics["iwae_log_likelihood"])):
+        expected = -(nats - dims * math.log(256)) / (dims * math.log(2))
+        assert metrics[f"bits_per_dim_{name}"] == pytest.approx(expected, rel=1e-9)
+    from importlib.metadata import version
+    assert metrics["versions"]["tensorflow"] == version("tensorflow")
+    assert metrics["versions"]["tensorflow_probability"] == version("tensorflow-probability")
+    assert metrics["versions"]["numpy"] == version("numpy")
+
+
+def test_run_final_history_row_matches_metrics(gaussian_run):
+    """The last epoch's test ELBO and the final metrics evaluate the same model on the
+    same test transform with the same seed."""
+    out, _ = gaussian_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    _, rows, _ = read_history(out)
+    for key in ("test_elbo", "test_reconstruction", "test_kl"):
+        assert rows[-1][key] == pytest.approx(metrics[key], rel=1e-6, abs=1e-6)
+
+
+def test_run_prints_a_summary(gaussian_run):
+    out, result = gaussian_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"run written to {out}" in result.stdout
+    for label, key in (("test ELBO", "test_elbo"), ("reconstruction", "test_reconstruction"),
+                       ("KL", "test_kl"), (r"IWAE \(k=8\)", "iwae_log_likelihood")):
+        match = re.search(rf"{label}\s+(-?\d+\.\d+) nats", result.stdout)
+        assert match, f"{label} missing from the summary:\n{result.stdout}"
+        assert float(match.group(1)) == pytest.approx(metrics[key], abs=0.006)
+    assert "bits/dim" in result.stdout
+
+
+def test_run_stderr_has_no_tensorflow_log_lines(gaussian_run):
+    _, result = gaussian_run
+    noisy = [line for line in result.stderr.splitlines() if TF_LOG_LINE.search(line)]
+    assert noisy == [], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# --- an existing run -------------------------------------------------------------------------
+
+
+def test_rerun_without_flags_refuses_and_changes_nothing(gaussian_run, followups):
+    out, _ = gaussian_run
+    line = assert_one_line_error(followups["again"], 1, "--resume", "--force", str(out))
+    assert line.startswith("error: ")
+    assert followups["again"].stdout == ""
+    assert snapshot(out) == followups["before"]
+
+
+def test_resume_continues_to_the_new_epoch_count(gaussian_run, followups):
+    original, _ = gaussian_run
+    result, resumed = followups["resume"], followups["resumed"]
+    assert result.returncode == 0, result.stderr
+    header, rows, lines = read_history(resumed)
+    _, _, original_lines = read_history(original)
+    assert header == HISTORY_COLUMNS
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert lines[:2] == original_lines[:2], "resuming rewrote the earlier epochs"
+    assert math.isfinite(rows[1]["train_elbo"]) and math.isfinite(rows[1]["test_elbo"])
+    metrics = json.loads((resumed / "metrics.json").read_text())
+    assert metrics["epochs"] == 2
+    assert metrics["command"].startswith("python -m vae_helpers train ")
+    config = json.loads((resumed / "config.json").read_text())
+    assert config["training"]["epochs"] == 2, "config.json must state the new epoch total"
+    assert rows[-1]["test_elbo"] == pytest.approx(metrics["test_elbo"], rel=1e-6, abs=1e-6)
+    assert (resumed / "checkpoint" / "ckpt-2.index").exists()
+
+
+def test_force_replaces_the_run(followups):
+    result, forced = followups["force"], followups["forced"]
+    assert result.returncode == 0, result.stderr
+    config = json.loads((forced / "config.json").read_text())
+    assert config["model"]["likelihood"] == "bernoulli"
+    fit_settings = json.loads((forced / "checkpoint" / "fit.json").read_text())
+    assert fit_settings["data_variant"] == "binarized", "the old checkpoint survived --force"
+    _, rows, _ = read_history(forced)
+    assert [row["epoch"] for row in rows] == [1]
+    assert not list(forced.rglob("*.tmp"))
+
+
+def test_bernoulli_run_metrics(followups):
+    result, forced = followups["force"], followups["forced"]
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((forced / "metrics.json").read_text())
+    config = json.loads((forced / "config.json").read_text())
+    assert METRIC_KEYS <= set(metrics)
+    assert metrics["data_variant"] == "binarized"
+    assert config["data"]["variant"] == "binarized"
+    assert not [key for key in metrics if key.startswith("bits_per_dim")]
+    assert "bits/dim" not in result.stdout
+    assert_finite_numbers(metrics, ["test_elbo", "test_reconstruction", "test_kl",
+                                    "iwae_log_likelihood"])
+    # log p(x|z) of binary pixels is a log-probability, and KL >= 0: the ELBO is <= 0
+    assert metrics["test_reconstruction"] <= 0 and metrics["test_elbo"] <= 0
+    tolerance = 1.0 + 0.005 * abs(metrics["test_elbo"])
+    assert metrics["iwae_log_likelihood"] >= metrics["test_elbo"] - tolerance
+    assert metrics["num_parameters"] == expected_num_parameters(config["model"])

@@ -1,0 +1,238 @@
+"""Tests of the environment files and of what importing the package does.
+
+requirements.txt and environment.yml must pin the same packages at the same
+versions; importing vae_helpers must be silent and free of side effects (no
+seeding, no plotting state); CI's entry point must run the Makefile's test target.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s#;]+)$")
+
+
+def pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib needs Python 3.11+")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_lines() -> list[str]:
+    lines = (ROOT / "requirements.txt").read_text().splitlines()
+    return [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def requirements_pins() -> dict[str, str]:
+    pins = {}
+    for line in requirement_lines():
+        spec = line.split("#", 1)[0].strip()
+        match = PIN.match(spec)
+        assert match, f"requirements.txt: not an exact `name==version` pin: {line!r}"
+        name = canonical(match["name"])
+        assert name not in pins, f"requirements.txt pins {name} twice"
+        pins[name] = match["version"]
+    return pins
+
+
+def environment_pins() -> dict[str, str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_sections = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip_sections) == 1, "environment.yml needs exactly one pip: section"
+    pins = {}
+    for entry in pip_sections[0]:
+        if entry.startswith("-e "):  # the package itself
+            continue
+        match = PIN.match(entry.strip())
+        assert match, f"environment.yml: not an exact `name==version` pin: {entry!r}"
+        name = canonical(match["name"])
+        assert name not in pins, f"environment.yml pins {name} twice"
+        pins[name] = match["version"]
+    return pins
+
+
+# --- pins ------------------------------------------------------------------------------------
+
+
+def test_requirements_and_environment_pin_the_same_versions():
+    assert requirements_pins() == environment_pins()
+
+
+def test_every_requirement_is_an_exact_pin_with_a_comment():
+    for line in requirement_lines():
+        spec, _, comment = line.partition("#")
+        assert PIN.match(spec.strip()), f"not an exact pin: {line!r}"
+        assert comment.strip(), f"no comment saying why it is needed: {line!r}"
+
+
+def test_tensorflow_and_probability_pins():
+    pins = requirements_pins()
+    assert pins["tensorflow"] == "2.21.0"
+    assert pins["tensorflow-probability"] == "0.25.0"
+    assert pins["tf-keras"] == pins["tensorflow"], "tf-keras is released in step with TF"
+
+
+def test_environment_installs_the_package_and_a_python_it_supports():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_entries = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert "-e ." in pip_entries
+    pythons = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert len(pythons) == 1
+    major_minor = pythons[0].split("=", 1)[1]
+    requires = pyproject()["project"]["requires-python"]
+    assert Requirement(f"python{requires}").specifier.contains(major_minor + ".0")
+
+
+def test_pins_satisfy_the_package_dependencies():
+    """Every dependency of pyproject.toml is pinned, inside its declared range."""
+    pins = requirements_pins()
+    project = pyproject()["project"]
+    for text in project["dependencies"]:
+        requirement = Requirement(text)
+        name = canonical(requirement.name)
+        assert name in pins, f"{name} is a dependency but not pinned in requirements.txt"
+        assert requirement.specifier.contains(pins[name]), (text, pins[name])
+
+
+def test_installed_versions_are_the_pinned_ones():
+    """The environment running the tests is the pinned one (`make install`)."""
+    wrong = {}
+    for name, pinned in requirements_pins().items():
+        try:
+            installed = version(name)
+        except PackageNotFoundError:
+            installed = None
+        if installed != pinned:
+            wrong[name] = (pinned, installed)
+    assert wrong == {}, f"pinned vs installed: {wrong}"
+
+
+# --- importing the package -------------------------------------------------------------------
+
+IMPORT_PROBE = r"""
+import json, pkgutil, random
+import matplotlib
+before = dict(matplotlib.rcParams)
+import vae_helpers
+imported = []
+for info in pkgutil.iter_modules(vae_helpers.__path__):
+    if info.name != "__main__":
+        __import__(f"vae_helpers.{info.name}")
+        imported.append(info.name)
+after = dict(matplotlib.rcParams)
+changed = sorted(k for k in set(before) | set(after)
+                 if repr(before.get(k)) != repr(after.get(k)))
+import numpy as np
+from vae_helpers._tf import tf
+determinism = getattr(tf.config.experimental, "is_op_determinism_enabled", None)
+if determinism is None:  # not exported by every TF release
+    from tensorflow.python.framework.config import is_op_determinism_enabled as determinism
+report = {
+    "imported": imported,
+    "rc_changed": changed,
+    "determinism": bool(determinism()),
+    "numpy": [float(np.random.rand()), float(np.random.rand())],
+    "python": random.random(),
+    "tf": float(tf.random.uniform([])),
+}
+vae_helpers.set_seed(0)  # the control: what seeding looks like to this probe
+report["seeded"] = {"determinism": bool(determinism()), "numpy": float(np.random.rand()),
+                    "python": random.random(), "tf": float(tf.random.uniform([]))}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="module")
+def import_probes(tmp_path_factory) -> list[tuple[subprocess.CompletedProcess, dict]]:
+    """Two fresh interpreters that import every module of the package, run side by side."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VAE_HELPERS_VERBOSE_TF", "TF_CPP_MIN_LOG_LEVEL", "PYTHONWARNINGS",
+                        "PYTHONHASHSEED")}
+    cwd = tmp_path_factory.mktemp("import")
+    procs = [subprocess.Popen([sys.executable, "-c", IMPORT_PROBE], cwd=cwd, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        completed = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+        assert proc.returncode == 0, stderr
+        results.append((completed, json.loads(stdout.strip().splitlines()[-1])))
+    return results
+
+
+def test_import_writes_nothing_to_stderr(import_probes):
+    for completed, _ in import_probes:
+        assert completed.stderr == "", completed.stderr
+
+
+def test_import_covers_every_module(import_probes):
+    _, report = import_probes[0]
+    expected = {"data", "model", "train", "evaluate", "runs", "distributions", "io", "seeding"}
+    assert expected <= set(report["imported"])
+
+
+def test_import_leaves_matplotlib_alone(import_probes):
+    # (matplotlib.pyplot itself gets imported: TensorFlow's bundled Keras imports it.)
+    for _, report in import_probes:
+        assert report["rc_changed"] == []
+
+
+def test_import_sets_no_seed_and_no_determinism(import_probes):
+    (_, first), (_, second) = import_probes
+    assert first["determinism"] is False and second["determinism"] is False
+    assert first["numpy"] != second["numpy"], "numpy's global generator was seeded"
+    assert first["python"] != second["python"], "Python's random was seeded"
+    assert first["tf"] != second["tf"], "TensorFlow's global seed was set"
+    # the probe can tell: after set_seed both processes agree and determinism is on
+    assert first["seeded"] == second["seeded"]
+    assert first["seeded"]["determinism"] is True
+
+
+# --- CI and the Makefile ---------------------------------------------------------------------
+
+
+def commands(script: str) -> list[str]:
+    """Non-comment, non-empty lines of a shell script."""
+    return [line.strip() for line in script.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_ci_exports_vae_mnist_and_runs_make_test():
+    lines = commands((ROOT / ".ci" / "run").read_text())
+    exports = [i for i, line in enumerate(lines) if re.match(r"export\b.*\bVAE_MNIST\b", line)]
+    assert exports, "`.ci/run` does not export VAE_MNIST"
+    sets = [i for i, line in enumerate(lines) if re.match(r"(export\s+)?VAE_MNIST=\S", line)]
+    assert sets, "`.ci/run` does not give VAE_MNIST a value"
+    make = [i for i, line in enumerate(lines) if re.fullmatch(r"(exec\s+)?make\s+test", line)]
+    assert make, "`.ci/run` does not run `make test`"
+    assert max(exports[0], sets[0]) < make[0], "VAE_MNIST must be set before `make test`"
+    assert any(re.match(r"set -\w*e", line) for line in lines), "`.ci/run` must stop on errors"
+
+
+def test_make_test_runs_ruff_and_pytest():
+    try:
+        result = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True,
+                                text=True, timeout=60, check=False)
+    except FileNotFoundError:
+        pytest.skip("make is not installed")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ruff = [i for i, line in enumerate(lines) if re.search(r"\bruff check\b", line)]
+    pytest_ = [i for i, line in enumerate(lines) if re.search(r"-m pytest\b|\bpytest\b", line)]
+    assert ruff and pytest_, result.stdout
+    assert ruff[0] < pytest_[-1]
