@@ -1,0 +1,618 @@
+r"""How fast ``vae_helpers.train.fit`` trains the homework VAE, and how close that is to the limit.
+
+Run ``python benchmarks/train_speed.py --help`` for the options. One run measures:
+
+1. **fit() throughput.** ``fit()`` trains a fresh ``VAE()`` (the homework network:
+   784-512-4 encoder, 2-512-784 decoder, Gaussian likelihood with a learned scalar
+   variance) on the 60,000 MNIST training images with ``progress=False``, for one
+   warm-up epoch (it includes the XLA compilation) and then ``--epochs`` timed epochs.
+   Images per second come from the per-epoch ``seconds`` of the returned History:
+   ``(60000 // B) * B`` images (the images an epoch actually uses) divided by the
+   epoch's seconds. The headline is the median over the timed epochs.
+
+2. **The matmul-bound limit** at the same batch size B, measured in the same run.
+   One training step of the homework network needs eleven matrix products:
+
+   ==================  =====================================  ===================
+   part                product                                shape (m·k @ k·n)
+   ==================  =====================================  ===================
+   forward             x @ W1, h @ W2, z @ W3, h2 @ W4        [B,784]@[784,512],
+                                                              [B,512]@[512,4],
+                                                              [B,2]@[2,512],
+                                                              [B,512]@[512,784]
+   weight gradients    x^T @ dh, h^T @ de, z^T @ dh2,         [784,B]@[B,512], ...
+                       h2^T @ dout                            (same m·n·k as fwd)
+   input gradients     de @ W2^T, dh2 @ W3^T, dout @ W4^T     [B,4]@[4,512], ...
+   ==================  =====================================  ===================
+
+   Layer 1's input gradient (dx = dh @ W1^T) is not needed: the data take no gradient.
+   A product of an [m, k] and a [k, n] matrix counts ``2·m·n·k`` FLOPs (one multiply
+   and one add per term). With F = forward sum of ``n_in·n_out`` over the four layers
+   = 784·512 + 512·4 + 2·512 + 512·784 = 805,888, one image costs
+   ``2·(F + F + (F - 784·512)) = 4,032,512`` FLOPs (≈ 4.0 MFLOP): 1,611,776 forward,
+   1,611,776 for the weight gradients and 808,960 for the input gradients.
+
+   The eleven products run on random float32 tensors inside one
+   ``tf.function(jit_compile=True)`` that loops over many steps in a
+   ``tf.while_loop`` (so Python's per-call overhead is amortised, as in ``fit()``).
+   To stop XLA from dropping a product whose result is unused, or hoisting one out
+   of the loop, the products are chained like a real step: each step reads one of
+   four random input batches (chosen by the step number), ``dout = out - x``,
+   ``z`` is the first half of the encoder output and ``de`` joins ``dz`` with its
+   second half; the four weight gradients are the loop's carried outputs. That is
+   the only non-matmul work (a subtraction over [B,784], a slice and a concat:
+   well under 1% of the step). ``--repeats`` calls of about a quarter second each
+   are timed just before and again just after ``fit()`` at the same batch size, so
+   a change in the machine's load during the run affects both sides alike; the time
+   per step is the median of all of them, GFLOP/s = FLOPs per step / that time, and
+   the limit in images/s = GFLOP/s / FLOPs per image.
+
+3. **The fraction** of that limit reached by ``fit()``: fit images/s / limit images/s.
+   Everything a real step does besides the matmuls (data gathering, dequantization
+   noise, ReLU/sigmoid, the Gaussian log-density and KL, the non-finite check, Adam
+   over 807,701 parameters) is what separates the two.
+
+4. **A plain eager Keras loop written the homework's way**, as the baseline: batch
+   128; every step builds new ``tf.keras`` Sequential encoder (784-512-4) and decoder
+   (2-512-784, sigmoid output) models and copies the current weights in with
+   ``set_weights``; two gradient tapes (encoder, decoder); two Adam optimizers; a
+   Gaussian log-likelihood with a learned scalar variance and the closed-form KL, on
+   pixels scaled to [0, 1] (NumPy indexing and ``/ 255`` each step). It is timed
+   over ``--eager-steps`` steps after 5 warm-up steps, and ``fit()``'s speed-up at
+   batch 128 is fit images/s / eager images/s.
+
+5. **The machine**: CPU model (``/proc/cpuinfo``), ``os.cpu_count()``, the load
+   average before and after, the Python/TensorFlow/TFP/NumPy/Keras versions, and for
+   each measurement the share of the CPUs other processes used meanwhile ("others":
+   machine-wide busy time from ``/proc/stat`` minus this process's CPU time), so a
+   run on a busy machine can be recognised.
+
+Nothing is asserted about time: the targets (fraction ≥ 0.6 at batch 128, speed-up
+≥ 25×) are printed beside the numbers. Everything printed is also written as JSON
+(default ``benchmarks/results/train_speed.json``). The MNIST file is found by
+``vae_helpers.data.load_mnist`` (set ``VAE_MNIST`` to the path of ``mnist.npz``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "train_speed.json"
+TARGET_FRACTION = 0.6  # fraction of the matmul-bound limit at batch 128 to aim for
+TARGET_SPEEDUP = 25.0  # fit() over the eager homework loop at batch 128
+EAGER_BATCH = 128
+EAGER_WARMUP_STEPS = 5
+INPUT_POOL = 4  # distinct random input batches the matmul benchmark cycles through
+CALL_SECONDS = 0.25  # aim for timed matmul calls about this long
+
+
+# --------------------------------------------------------------------------- arguments
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _batch_sizes(text: str) -> list[int]:
+    sizes = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError("expected a comma-separated list such as 128,2048")
+    return list(dict.fromkeys(sizes))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=(
+            "Measure fit()'s training speed on MNIST at several batch sizes, the "
+            "matmul-bound limit of the homework network at each, the fraction reached, "
+            "and fit()'s speed-up over a plain eager Keras loop. Needs VAE_MNIST (the "
+            "path of mnist.npz) unless MNIST is in the Keras cache. Nothing is asserted: "
+            "the numbers are printed as a table and written as JSON."
+        ),
+    )
+    parser.add_argument("--epochs", type=_positive_int, default=3,
+                        help="timed epochs per batch size, after one warm-up epoch that "
+                             "includes the XLA compilation (default: 3)")
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=[128, 2048],
+                        metavar="B1,B2,...",
+                        help="comma-separated batch sizes (default: 128,2048)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
+                        help="where to write the results as JSON; its folder is created "
+                             "(default: benchmarks/results/train_speed.json)")
+    parser.add_argument("--eager-steps", type=_non_negative_int, default=50, metavar="N",
+                        help="timed steps of the eager Keras baseline at batch 128, after "
+                             f"{EAGER_WARMUP_STEPS} warm-up steps; 0 skips it (default: 50)")
+    parser.add_argument("--repeats", type=_positive_int, default=7,
+                        help="timed calls of the matmul benchmark just before and again "
+                             "just after fit() at each batch size; the median of all is "
+                             "reported (default: 7)")
+    return parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------- machine
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all processes have used since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = f.readline().split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class CpuMeter:
+    """How much of the CPUs other processes used while a measurement ran.
+
+    ``others_cpu_share`` = (machine-wide busy CPU seconds - this process's CPU
+    seconds) / (wall seconds x os.cpu_count()): 0 on an idle machine, 0.5 when other
+    jobs kept one of two cores busy. Numbers measured at a high share are noisy.
+    """
+
+    def __init__(self):
+        self.wall = time.perf_counter()
+        self.own = _own_cpu_seconds()
+        self.busy = _machine_busy_seconds()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.wall
+        own = _own_cpu_seconds() - self.own
+        busy = _machine_busy_seconds()
+        share = None
+        if busy is not None and self.busy is not None and wall > 0:
+            share = max(0.0, (busy - self.busy - own) / (wall * (os.cpu_count() or 1)))
+        return {"wall_seconds": wall, "own_cpu_seconds": own, "others_cpu_share": share}
+
+
+def _own_cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def machine_description(tf, tfp) -> dict:
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = None
+    return {
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": usable,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "tensorflow_probability": tfp.__version__,
+        "keras": getattr(tf.keras, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+    }
+
+
+# --------------------------------------------------------------------------- FLOP count
+def network_dims(model) -> dict:
+    """The homework network's sizes, read from the model: D, H, E (encoder outputs), P."""
+    enc = [tuple(layer.w.shape) for layer in model.encoder.layers]
+    dec = [tuple(layer.w.shape) for layer in model.decoder.layers]
+    if len(enc) != 2 or len(dec) != 2:
+        raise SystemExit("error: the matmul benchmark expects one hidden layer per network "
+                         f"(the homework's), got encoder {enc} and decoder {dec}")
+    (d, h), (_, e) = enc
+    (p, h2), (_, d2) = dec
+    if h2 != h or d2 != d or e != 2 * p:
+        raise SystemExit(f"error: unexpected layer shapes: encoder {enc}, decoder {dec}")
+    return {"D": d, "H": h, "E": e, "P": p}
+
+
+def matmuls_per_image(dims: dict) -> list[dict]:
+    """The eleven products of one step, per image: name, role and (m/B)·n·k as FLOPs."""
+    d, h, e, p = dims["D"], dims["H"], dims["E"], dims["P"]
+    rows = [
+        # name, role, shape with B symbolic, n_in*n_out of the layer
+        ("x@W1", "forward", f"[B,{d}]@[{d},{h}]", d * h),
+        ("h@W2", "forward", f"[B,{h}]@[{h},{e}]", h * e),
+        ("z@W3", "forward", f"[B,{p}]@[{p},{h}]", p * h),
+        ("h2@W4", "forward", f"[B,{h}]@[{h},{d}]", h * d),
+        ("x^T@dh", "weight gradient", f"[{d},B]@[B,{h}]", d * h),
+        ("h^T@de", "weight gradient", f"[{h},B]@[B,{e}]", h * e),
+        ("z^T@dh2", "weight gradient", f"[{p},B]@[B,{h}]", p * h),
+        ("h2^T@dout", "weight gradient", f"[{h},B]@[B,{d}]", h * d),
+        ("de@W2^T", "input gradient", f"[B,{e}]@[{e},{h}]", e * h),
+        ("dh2@W3^T", "input gradient", f"[B,{h}]@[{h},{p}]", h * p),
+        ("dout@W4^T", "input gradient", f"[B,{d}]@[{d},{h}]", d * h),
+    ]
+    return [{"product": name, "role": role, "shape": shape, "flop_per_image": 2 * mnk}
+            for name, role, shape, mnk in rows]
+
+
+# --------------------------------------------------------------------------- matmul limit
+def make_matmul_step(tf, p: int):
+    """A compiled function running ``steps`` chained copies of one step's eleven products."""
+
+    def run(x_pool, w1, w2, w3, w4, steps):
+        pool = tf.shape(x_pool)[0]
+
+        def body(i, dw1, dw2, dw3, dw4):
+            x = tf.gather(x_pool, i % pool)          # [B, D]: a different batch each step
+            h = tf.matmul(x, w1)                     # [B, H]
+            e = tf.matmul(h, w2)                     # [B, E]
+            z = e[:, :p]                             # [B, P]
+            h2 = tf.matmul(z, w3)                    # [B, H]
+            out = tf.matmul(h2, w4)                  # [B, D]
+            dout = out - x                           # [B, D]
+            dw4 = tf.matmul(h2, dout, transpose_a=True)
+            dh2 = tf.matmul(dout, w4, transpose_b=True)
+            dw3 = tf.matmul(z, dh2, transpose_a=True)
+            dz = tf.matmul(dh2, w3, transpose_b=True)
+            de = tf.concat([dz, e[:, p:]], axis=1)   # [B, E]
+            dw2 = tf.matmul(h, de, transpose_a=True)
+            dh = tf.matmul(de, w2, transpose_b=True)
+            dw1 = tf.matmul(x, dh, transpose_a=True)
+            return i + 1, dw1, dw2, dw3, dw4
+
+        start = (tf.constant(0), tf.zeros_like(w1), tf.zeros_like(w2), tf.zeros_like(w3),
+                 tf.zeros_like(w4))
+        _, dw1, dw2, dw3, dw4 = tf.while_loop(lambda i, *_: i < steps, body, start)
+        return dw1, dw2, dw3, dw4
+
+    return tf.function(run, jit_compile=True)
+
+
+class MatmulBenchmark:
+    """The compiled eleven products at one batch size; ``time(repeats)`` gives s/step."""
+
+    def __init__(self, tf, dims: dict, batch: int):
+        d, h, e, p = dims["D"], dims["H"], dims["E"], dims["P"]
+        gen = tf.random.Generator.from_seed(batch)
+        self.tf, self.batch = tf, batch
+        # Weights scaled by 1/sqrt(fan-in): the values stay O(1), far from denormals.
+        self.args = (gen.uniform([INPUT_POOL, batch, d]),
+                     gen.normal([d, h]) / math.sqrt(d), gen.normal([h, e]) / math.sqrt(h),
+                     gen.normal([p, h]) / math.sqrt(p), gen.normal([h, d]) / math.sqrt(h))
+        self.step_fn = make_matmul_step(tf, p)
+        self._call(1)  # compilation
+        probe = min(self._call(2), self._call(2)) / 2
+        self.steps = max(1, round(CALL_SECONDS / max(probe, 1e-6)))
+
+    def _call(self, steps: int) -> float:
+        t0 = time.perf_counter()
+        outputs = self.step_fn(*self.args, self.tf.constant(steps))
+        _ = [o.numpy() for o in outputs]  # wait for the result
+        return time.perf_counter() - t0
+
+    def time(self, repeats: int) -> list[float]:
+        """Seconds per step of ``repeats`` timed calls."""
+        return [self._call(self.steps) / self.steps for _ in range(repeats)]
+
+
+def summarize_matmul(bench: MatmulBenchmark, before: list[float], after: list[float],
+                     flop_per_image: int) -> dict:
+    """The limit from the calls timed just before and just after fit() at this batch."""
+    per_step = before + after
+    seconds = statistics.median(per_step)
+    flop_per_step = flop_per_image * bench.batch
+    gflops = flop_per_step / seconds / 1e9
+    return {
+        "batch_size": bench.batch,
+        "steps_per_timed_call": bench.steps,
+        "timed_calls": len(per_step),
+        "seconds_per_step_median": seconds,
+        "seconds_per_step_median_before_fit": statistics.median(before),
+        "seconds_per_step_median_after_fit": statistics.median(after),
+        "seconds_per_step_min": min(per_step),
+        "seconds_per_step_max": max(per_step),
+        "flop_per_step": flop_per_step,
+        "gflop_per_s": gflops,
+        "gflop_per_s_best": flop_per_step / min(per_step) / 1e9,
+        "limit_images_per_s": gflops * 1e9 / flop_per_image,
+    }
+
+
+# --------------------------------------------------------------------------- fit()
+def measure_fit(x_train, batch: int, epochs: int) -> dict:
+    from vae_helpers.model import VAE
+    from vae_helpers.train import fit
+
+    model = VAE(seed=0)
+    history = fit(model, x_train, epochs=1 + epochs, batch_size=batch, progress=False)
+    seconds = [float(s) for s in history.column("seconds")]
+    images = (len(x_train) // batch) * batch
+    rates = [images / s for s in seconds[1:]]
+    return {
+        "batch_size": batch,
+        "images_per_epoch": images,
+        "steps_per_epoch": len(x_train) // batch,
+        "warmup_epoch_seconds": seconds[0],
+        "timed_epoch_seconds": seconds[1:],
+        "images_per_s_per_epoch": rates,
+        "images_per_s": statistics.median(rates),
+        "images_per_s_mean": images * len(rates) / sum(seconds[1:]),
+        "final_train_elbo": float(history.last["train_elbo"]),
+    }
+
+
+# --------------------------------------------------------------------------- eager baseline
+def measure_eager_loop(tf, x_train, steps: int) -> dict:
+    """The homework's way: new Keras models every step, two tapes, Adam, eager."""
+    rng = np.random.default_rng(0)
+    n_pixels, latent = 784, 2
+
+    def make_encoder():
+        return tf.keras.Sequential([
+            tf.keras.Input(shape=(n_pixels,)),
+            tf.keras.layers.Dense(512, activation="relu"),
+            tf.keras.layers.Dense(2 * latent),
+        ])
+
+    def make_decoder():
+        return tf.keras.Sequential([
+            tf.keras.Input(shape=(latent,)),
+            tf.keras.layers.Dense(512, activation="relu"),
+            tf.keras.layers.Dense(n_pixels, activation="sigmoid"),
+        ])
+
+    # The weights live between steps in these variables; each step's fresh models get
+    # a copy with set_weights, and Adam updates these from the models' gradients.
+    encoder_weights = [tf.Variable(w) for w in make_encoder().get_weights()]
+    decoder_weights = [tf.Variable(w) for w in make_decoder().get_weights()]
+    log_variance = tf.Variable(math.log(0.1), dtype=tf.float32)
+    encoder_optimizer = tf.keras.optimizers.Adam(1e-3)
+    decoder_optimizer = tf.keras.optimizers.Adam(1e-3)
+    images = x_train.reshape(len(x_train), -1)
+
+    def train_step():
+        batch = images[rng.choice(len(images), EAGER_BATCH, replace=False)]
+        x = tf.constant(batch.astype(np.float32) / 255.0)
+        encoder = make_encoder()
+        encoder.set_weights([w.numpy() for w in encoder_weights])
+        decoder = make_decoder()
+        decoder.set_weights([w.numpy() for w in decoder_weights])
+        with tf.GradientTape() as encoder_tape, tf.GradientTape() as decoder_tape:
+            params = encoder(x)
+            mean, log_var_z = params[:, :latent], params[:, latent:]
+            eps = tf.random.normal(tf.shape(mean))
+            z = mean + tf.exp(0.5 * log_var_z) * eps
+            x_mean = decoder(z)
+            variance = tf.exp(log_variance)
+            log_lik = (-0.5 * tf.reduce_sum(tf.square(x - x_mean), axis=1) / variance
+                       - 0.5 * n_pixels * (math.log(2 * math.pi) + log_variance))
+            kl = 0.5 * tf.reduce_sum(tf.exp(log_var_z) + tf.square(mean) - 1.0 - log_var_z,
+                                     axis=1)
+            loss = -tf.reduce_mean(log_lik - kl)
+        encoder_grads = encoder_tape.gradient(loss, encoder.trainable_variables)
+        decoder_grads = decoder_tape.gradient(loss, decoder.trainable_variables + [log_variance])
+        encoder_optimizer.apply_gradients(zip(encoder_grads, encoder_weights, strict=True))
+        decoder_optimizer.apply_gradients(
+            zip(decoder_grads, decoder_weights + [log_variance], strict=True))
+        return float(loss)
+
+    for _ in range(EAGER_WARMUP_STEPS):
+        train_step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = train_step()
+    seconds = time.perf_counter() - t0
+    return {
+        "batch_size": EAGER_BATCH,
+        "warmup_steps": EAGER_WARMUP_STEPS,
+        "timed_steps": steps,
+        "seconds": seconds,
+        "seconds_per_step": seconds / steps,
+        "images_per_s": steps * EAGER_BATCH / seconds,
+        "final_loss": loss,
+    }
+
+
+# --------------------------------------------------------------------------- report
+def _fmt(value, spec: str, missing: str = "n/a") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def _note(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _share(cpu: dict | None) -> str:
+    share = None if cpu is None else cpu.get("others_cpu_share")
+    return "n/a" if share is None else f"{100 * share:.0f}%"
+
+
+def render(results: dict) -> str:
+    m = results["machine"]
+    f = results["flops"]
+    lines = [
+        "Training speed of vae_helpers.train.fit (homework VAE, MNIST 60k, float32, CPU)",
+        "",
+        f"Machine : {m['cpu_model']}, os.cpu_count()={m['cpu_count']} "
+        f"(usable {m['usable_cpus']})",
+        f"Software: Python {m['python']}, TensorFlow {m['tensorflow']}, "
+        f"TFP {m['tensorflow_probability']}, Keras {m['keras']}, NumPy {m['numpy']}",
+        f"Load avg: before {results['load_average_before']}, "
+        f"after {results['load_average_after']} (1/5/15 min)",
+        f"FLOPs   : {f['per_image']:,} per image = {f['per_image'] / 1e6:.3f} MFLOP "
+        f"(11 matmuls, 2*m*n*k: forward {f['forward']:,}, weight grads "
+        f"{f['weight_gradients']:,}, input grads {f['input_gradients']:,})",
+        f"fit()   : 1 warm-up epoch + {results['settings']['epochs']} timed epochs; "
+        "images/s = median over the timed epochs [min - max]",
+        "limit   : the 11 matmuls alone under XLA, median of the calls timed just before "
+        "and just after fit()",
+        "others  : share of all CPUs used by other processes meanwhile (0% = idle machine)",
+        "",
+    ]
+    header = (f"{'batch':>5} | {'fit() images/s':>14} {'[min - max]':>19} | "
+              f"{'matmul GFLOP/s':>14} | {'limit images/s':>14} | {'fraction':>8} | "
+              f"{'others':>6} | target")
+    lines += [header, "-" * (len(header) + 12)]
+    for row in results["batch_sizes"]:
+        fit_r, mm = row["fit"], row["matmul_limit"]
+        rates = fit_r["images_per_s_per_epoch"]
+        spread = f"[{min(rates):,.0f} - {max(rates):,.0f}]"
+        target = ""
+        if row["batch_size"] == EAGER_BATCH:
+            met = row["fraction_of_limit"] >= TARGET_FRACTION
+            target = f">= {TARGET_FRACTION}: {'met' if met else 'NOT met'}"
+        lines.append(
+            f"{row['batch_size']:>5} | {fit_r['images_per_s']:>14,.0f} {spread:>19} | "
+            f"{mm['gflop_per_s']:>14.1f} | {mm['limit_images_per_s']:>14,.0f} | "
+            f"{row['fraction_of_limit']:>8.3f} | {_share(row.get('cpu')):>6} | {target}")
+    lines.append("")
+    for row in results["batch_sizes"]:
+        mm = row["matmul_limit"]
+        flop = mm["flop_per_step"]
+        lines.append(
+            f"batch {row['batch_size']}: matmul GFLOP/s before fit() "
+            f"{flop / mm['seconds_per_step_median_before_fit'] / 1e9:.1f}, after "
+            f"{flop / mm['seconds_per_step_median_after_fit'] / 1e9:.1f}, best call "
+            f"{mm['gflop_per_s_best']:.1f}; fit() warm-up epoch (compilation) "
+            f"{row['fit']['warmup_epoch_seconds']:.1f} s; final train ELBO "
+            f"{row['fit']['final_train_elbo']:.1f}")
+    lines.append("")
+    eager = results["eager_baseline"]
+    if eager is None:
+        lines.append("Eager Keras baseline: skipped (--eager-steps 0)")
+    else:
+        lines.append(
+            f"Eager Keras baseline (batch {eager['batch_size']}, new models every step, two "
+            f"tapes, Adam; {eager['timed_steps']} steps after {eager['warmup_steps']} warm-up): "
+            f"{eager['images_per_s']:,.0f} images/s ({eager['seconds_per_step'] * 1e3:.1f} "
+            f"ms/step; others {_share(eager.get('cpu'))})")
+        speedup = results["speedup_at_128"]
+        if speedup is None:
+            lines.append(f"fit() speed-up at batch {EAGER_BATCH}: n/a "
+                         f"({EAGER_BATCH} not among --batch-sizes)")
+        else:
+            verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
+            lines.append(f"fit() speed-up over it at batch {EAGER_BATCH}: {speedup:.1f}x "
+                         f"(target >= {TARGET_SPEEDUP:.0f}x: {verdict})")
+    shares = [c["others_cpu_share"] for c in
+              [r.get("cpu") for r in results["batch_sizes"]]
+              + [None if eager is None else eager.get("cpu")]
+              if c and c.get("others_cpu_share") is not None]
+    if shares and max(shares) > 0.1:
+        lines.append(f"Note: other processes used up to {100 * max(shares):.0f}% of the CPUs "
+                     "during the measurements; the numbers are noisy (rerun on an idle "
+                     "machine).")
+    lines.append(f"Total script time: {results['script_seconds']:.0f} s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    load_before = _load_average()
+
+    from vae_helpers import io
+    from vae_helpers._tf import tf, tfp
+    from vae_helpers.data import DataError, load_mnist
+    from vae_helpers.model import VAE
+
+    try:
+        (x_train, _), _ = load_mnist()
+    except DataError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 1
+
+    dims = network_dims(VAE(seed=0))
+    products = matmuls_per_image(dims)
+    flop_per_image = sum(r["flop_per_image"] for r in products)
+    by_role = {role: sum(r["flop_per_image"] for r in products if r["role"] == role)
+               for role in ("forward", "weight gradient", "input gradient")}
+
+    rows = []
+    for batch in args.batch_sizes:
+        _note(f"[batch {batch}] matmul-bound limit: {args.repeats} timed calls ...")
+        meter = CpuMeter()
+        bench = MatmulBenchmark(tf, dims, batch)
+        before = bench.time(args.repeats)
+        _note(f"[batch {batch}] fit(): 1 warm-up + {args.epochs} timed epochs ...")
+        fit_r = measure_fit(x_train, batch, args.epochs)
+        _note(f"[batch {batch}] matmul-bound limit again: {args.repeats} timed calls ...")
+        limit = summarize_matmul(bench, before, bench.time(args.repeats), flop_per_image)
+        rows.append({
+            "batch_size": batch,
+            "fit": fit_r,
+            "matmul_limit": limit,
+            "fraction_of_limit": fit_r["images_per_s"] / limit["limit_images_per_s"],
+            "cpu": meter.stop(),
+        })
+
+    eager = None
+    if args.eager_steps:
+        _note(f"[eager] Keras baseline: {EAGER_WARMUP_STEPS} warm-up + {args.eager_steps} "
+              "timed steps ...")
+        meter = CpuMeter()
+        eager = measure_eager_loop(tf, x_train, args.eager_steps)
+        eager["cpu"] = meter.stop()
+    fit128 = next((r["fit"]["images_per_s"] for r in rows if r["batch_size"] == EAGER_BATCH),
+                  None)
+    speedup = None if eager is None or fit128 is None else fit128 / eager["images_per_s"]
+
+    results = {
+        "benchmark": "train_speed",
+        "settings": {"epochs": args.epochs, "batch_sizes": args.batch_sizes,
+                     "eager_steps": args.eager_steps, "repeats": args.repeats,
+                     "mnist": os.environ.get("VAE_MNIST")},
+        "machine": machine_description(tf, tfp),
+        "load_average_before": load_before,
+        "network": dims,
+        "flops": {"per_image": flop_per_image, "forward": by_role["forward"],
+                  "weight_gradients": by_role["weight gradient"],
+                  "input_gradients": by_role["input gradient"], "products": products},
+        "batch_sizes": rows,
+        "eager_baseline": eager,
+        "speedup_at_128": speedup,
+        "targets": {"fraction_of_limit_at_128": TARGET_FRACTION, "speedup_at_128": TARGET_SPEEDUP},
+    }
+    results["load_average_after"] = _load_average()
+    results["script_seconds"] = time.perf_counter() - t_start
+    print(render(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(args.json, results)
+    print(f"Results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
