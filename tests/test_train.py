@@ -152,3 +152,20 @@ def test_float_data_are_used_as_given(digits):
     x = (digits[:256].reshape(256, -1) / 255.0).astype("float32")
     h = fit(VAE(**SMALL), x, epochs=2, batch_size=64, progress=False)
     assert np.all(np.isfinite(h.column("train_elbo")))
+
+
+def test_learned_variances_cannot_run_away_on_always_black_border_pixels(digits):
+    """Per-pixel sigma^2 on exact zeros (the worst case: not even dequantized)."""
+    images = digits[:512].copy()
+    images[:, :4, :] = 0
+    images[:, -4:, :] = 0                       # an always-black border
+    model = VAE(covariance="diagonal", **SMALL)
+    history = fit(model, images, epochs=40, batch_size=128, learning_rate=1e-2,
+                  data_variant="scaled", progress=False)
+    variance = model.likelihood.variance.numpy().reshape(28, 28)
+    bound = model.likelihood.max_log_density(784)
+    assert np.all(np.isfinite(history.column("train_elbo")))
+    assert np.all(history.column("train_elbo") <= bound)
+    # the border variances are driven down to the floor, and no further
+    assert np.all(variance >= 1.0 / (12 * 256**2) * (1 - 1e-6))
+    assert np.median(variance[:4]) < 100 * variance[10:18, 10:18].min()

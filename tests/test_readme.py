@@ -1,0 +1,52 @@
+"""The README names only things that exist: modules, functions, CLI options, files."""
+
+import importlib
+import re
+from pathlib import Path
+
+from vae_helpers.__main__ import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _module_rows():
+    for line in README.splitlines():
+        match = re.match(r"\| `(vae_helpers\.\w+)` \| (.*) \|$", line)
+        if match:
+            yield match.group(1), match.group(2)
+
+
+def test_module_table_names_existing_modules_and_functions():
+    rows = list(_module_rows())
+    assert len(rows) >= 6
+    for module_name, text in rows:
+        module = importlib.import_module(module_name)
+        for name in re.findall(r"`(\w+)[`(]", text):
+            classes = [v for v in vars(module).values() if isinstance(v, type)]
+            if hasattr(module, name) or any(hasattr(c, name) for c in classes):
+                continue
+            # names of registry entries (e.g. `gaussian`) are looked up in the registries
+            registries = [getattr(module, r, {}) for r in ("LIKELIHOODS", "PRIORS", "POSTERIORS")]
+            assert any(name in reg for reg in registries), f"{module_name} has no {name!r}"
+        for name in re.findall(r"`([A-Z]\w+)`", text):
+            assert hasattr(module, name), f"{module_name} has no {name!r}"
+
+
+def test_every_cli_option_in_the_readme_exists_and_every_option_is_documented():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    options = {s for a in train._actions for s in a.option_strings if s.startswith("--")}
+    options.discard("--help")
+    section = README[README.index("## Command line"):README.index("## Reference run")]
+    mentioned = set(re.findall(r"`(--[a-z-]+)", section)) - {"--help"}
+    assert mentioned <= options, mentioned - options
+    assert options <= mentioned, options - mentioned
+
+
+def test_paths_the_readme_names_exist():
+    paths = {p for p in re.findall(r"`([\w./-]+)`", README)
+             if re.search(r"\.(txt|yml|toml|md|py|json|csv)$|/$", p) and not p.startswith("runs/")}
+    paths -= {"config.json", "history.csv", "metrics.json", "checkpoint/", "mnist.npz"}
+    assert {"requirements.txt", "benchmarks/README.md"} <= paths
+    missing = sorted(p for p in paths if not (ROOT / p).exists())
+    assert not missing, missing
