@@ -86,6 +86,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vae_helpers.argtypes import non_negative_int, positive_int, positive_int_list
+
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "train_speed.json"
 TARGET_FRACTION = 0.6  # fraction of the matmul-bound limit at batch 128 to aim for
 TARGET_SPEEDUP = 25.0  # fit() over the eager homework loop at batch 128
@@ -96,31 +98,8 @@ CALL_SECONDS = 0.25  # aim for timed matmul calls about this long
 
 
 # --------------------------------------------------------------------------- arguments
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 def _batch_sizes(text: str) -> list[int]:
-    sizes = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
-    if not sizes:
-        raise argparse.ArgumentTypeError("expected a comma-separated list such as 128,2048")
-    return list(dict.fromkeys(sizes))
+    return list(dict.fromkeys(positive_int_list(text)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -133,7 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             "the numbers are printed as a table and written as JSON."
         ),
     )
-    parser.add_argument("--epochs", type=_positive_int, default=3,
+    parser.add_argument("--epochs", type=positive_int, default=3,
                         help="timed epochs per batch size, after one warm-up epoch that "
                              "includes the XLA compilation (default: 3)")
     parser.add_argument("--batch-sizes", type=_batch_sizes, default=[128, 2048],
@@ -142,10 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
                         help="where to write the results as JSON; its folder is created "
                              "(default: benchmarks/results/train_speed.json)")
-    parser.add_argument("--eager-steps", type=_non_negative_int, default=50, metavar="N",
+    parser.add_argument("--eager-steps", type=non_negative_int, default=50, metavar="N",
                         help="timed steps of the eager Keras baseline at batch 128, after "
                              f"{EAGER_WARMUP_STEPS} warm-up steps; 0 skips it (default: 50)")
-    parser.add_argument("--repeats", type=_positive_int, default=7,
+    parser.add_argument("--repeats", type=positive_int, default=7,
                         help="timed calls of the matmul benchmark just before and again "
                              "just after fit() at each batch size; the median of all is "
                              "reported (default: 7)")

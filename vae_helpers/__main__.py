@@ -5,53 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+from vae_helpers.argtypes import (
+    non_negative_int,
+    positive_float,
+    positive_int,
+    positive_int_list,
+)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that point at ``--help``."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _units(text):
-    try:
-        units = [int(u) for u in text.split(",") if u.strip()]
-    except ValueError:
-        units = [0]
-    if not units or any(u < 1 for u in units):
-        raise argparse.ArgumentTypeError(
-            f"expected positive integers separated by commas (e.g. 512 or 512,256), got {text!r}")
-    return units
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +30,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a VAE on MNIST and write config.json, history.csv, "
                                    "metrics.json and checkpoint/ into --out.")
     t.add_argument("--out", required=True, help="run directory to write (e.g. runs/homework)")
-    t.add_argument("--epochs", type=_positive_int, default=100, help="epochs (default 100)")
-    t.add_argument("--batch-size", type=_positive_int, default=128,
+    t.add_argument("--epochs", type=positive_int, default=100, help="epochs (default 100)")
+    t.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per step (default 128)")
-    t.add_argument("--learning-rate", type=_positive_float, default=1e-3,
+    t.add_argument("--learning-rate", type=positive_float, default=1e-3,
                    help="Adam step size (default 0.001)")
-    t.add_argument("--latent-dim", type=_positive_int, default=2, help="P (default 2)")
-    t.add_argument("--hidden-units", type=_units, default=[512],
+    t.add_argument("--latent-dim", type=positive_int, default=2, help="P (default 2)")
+    t.add_argument("--hidden-units", type=positive_int_list, default=[512],
                    help="hidden layer widths, comma-separated (default 512)")
     t.add_argument("--likelihood", default="gaussian",
                    choices=["gaussian", "bernoulli", "continuous_bernoulli"],
@@ -78,13 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--covariance", default="scalar", choices=["scalar", "diagonal"],
                    help="gaussian likelihood: one learned variance or one per pixel "
                         "(default scalar)")
-    t.add_argument("--seed", type=_non_negative_int, default=0, help="random seed (default 0)")
-    t.add_argument("--iwae-k", type=_non_negative_int, default=5000,
+    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    t.add_argument("--iwae-k", type=non_negative_int, default=5000,
                    help="importance samples for the test log-likelihood; 0 skips it "
                         "(default 5000)")
-    t.add_argument("--n-train", type=_positive_int, default=None,
+    t.add_argument("--n-train", type=positive_int, default=None,
                    help="use only the first N training images (quick runs)")
-    t.add_argument("--n-test", type=_positive_int, default=None,
+    t.add_argument("--n-test", type=positive_int, default=None,
                    help="use only the first N test images (quick runs)")
     t.add_argument("--data", default=None,
                    help="path of mnist.npz (default: $VAE_MNIST, then ~/.keras/datasets)")
