@@ -240,6 +240,7 @@ BAD_OPTIONS = [
     (["--likelihood=poisson"], "--likelihood"),
     (["--covariance=full"], "--covariance"),
     (["--seed=-1"], "--seed"),
+    ([f"--seed={2**62}"], "--seed"),                   # would wrap in two int32 words
     (["--iwae-k=-5"], "--iwae-k"),
     (["--n-train=0"], "--n-train"),
     (["--n-test=x"], "--n-test"),
@@ -272,6 +273,15 @@ def test_missing_out_is_one_line_exit_2(argv, capsys):
     assert info.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--out" in lines[0]
+
+
+def test_covariance_with_a_non_gaussian_likelihood_is_one_line_exit_1(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), "--likelihood", "bernoulli",
+                 "--covariance", "diagonal"])
+    assert code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--covariance" in lines[0] and "gaussian" in lines[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_missing_command_is_one_line_exit_2(capsys):

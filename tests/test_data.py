@@ -361,8 +361,10 @@ def test_dequantize_properties():
 
 
 def test_dequantize_top_pixel_stays_below_one():
-    # float32(255 + u) rounds up to 256 for u > 1 - 2**-17: about 16 such u in 2**21 draws.
+    # A continuous u > 1 - 2**-17 would make float32(255 + u) round up to 256; u on the
+    # 2**-16 grid cannot. 2**21 draws reach the top of the grid (u = 1 - 2**-16) often.
     y = data.dequantize(np.full(2**21, 255, np.uint8), seed=1).numpy()
+    assert y.max() == np.float32((255 + 1 - 2**-16) / 256)
     assert y.max() < 1.0
     assert np.all(np.floor(256.0 * y.astype(np.float64)) == 255)
 

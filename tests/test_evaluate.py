@@ -99,6 +99,23 @@ def test_iwae_memory_bound_and_argument_checks(ppca):
             evaluate.iwae_log_likelihood(model, x, k=bad)
 
 
+def test_reconstruction_term_is_the_expectation_under_q_not_the_value_at_its_mean(ppca):
+    """E_q[log N(x; W z + b, s^2 I)] = log N(x; W mu + b, s^2 I) - tr(W S W^T) / (2 s^2)."""
+    model, x = ppca["model"], ppca["x"][:100]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"], shift=0.3, var_scale=3.0)
+    q = model.infer(x)
+    mu, var = q.mean().numpy(), q.variance().numpy()
+    w = model.decoder.layers[0].w.numpy().T          # [D, P]
+    s2 = float(model.likelihood.variance)
+    resid = x - (mu @ w.T + model.decoder.layers[0].b.numpy())
+    at_mean = -0.5 * (D * np.log(2 * np.pi * s2) + np.sum(resid**2, -1) / s2)
+    expected = at_mean - np.sum(var * np.sum(w**2, 0), -1) / (2 * s2)
+    rec = evaluate.evaluate_elbo(model, x, n_samples=40_000, per_example=True)["reconstruction"]
+    np.testing.assert_allclose(rec, expected, atol=0.2)       # per image: Monte Carlo noise
+    assert abs(rec.mean() - expected.mean()) < 0.02
+    assert np.all(at_mean - expected > 0.5)           # decoding the mean would be far off
+
+
 def test_bits_per_dim():
     # a uniform density on [0,1)^D (log p = 0) spends exactly 8 bits per 8-bit pixel
     assert evaluate.bits_per_dim(0.0, 784) == pytest.approx(8.0)
@@ -116,6 +133,12 @@ def test_evaluate_reports_all_metrics_on_pixels():
     assert out["bits_per_dim_elbo"] == pytest.approx(evaluate.bits_per_dim(out["test_elbo"], 784))
     again = evaluate.evaluate(model, pixels, k=16)
     assert again == out  # fixed test transform and seeds
+    assert out["test_transform_seed"] == evaluate.TEST_SEED
+    # the z samples follow `seed`; the test data do not
+    other = evaluate.evaluate(model, pixels, k=16, seed=7)
+    assert other["test_elbo"] != out["test_elbo"]
+    np.testing.assert_array_equal(evaluate.prepare_eval_data(pixels, "binarized").numpy(),
+                                  evaluate.prepare_eval_data(pixels, "binarized").numpy())
     binary = evaluate.evaluate(VAE(likelihood="bernoulli", hidden_units=[32]), pixels, k=0)
     assert binary["data_variant"] == "binarized" and binary["iwae_log_likelihood"] is None
     assert "bits_per_dim_elbo" not in binary

@@ -153,9 +153,38 @@ def test_train_run_refuses_an_existing_run(run, fake_mnist):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-def test_resume_without_a_checkpoint_is_refused(run, tmp_path, fake_mnist):
+def test_resume_of_a_finished_run_without_its_checkpoint_is_refused(run, tmp_path, fake_mnist):
     out, _ = run
-    shutil.copy(out / "config.json", tmp_path / "config.json")
+    for name in ("config.json", "metrics.json"):
+        shutil.copy(out / name, tmp_path / name)
     with pytest.raises(RunError, match="no checkpoint to resume from"):
         train_run(tmp_path, data_path=fake_mnist, resume=True, **TINY)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "metrics.json"]
+
+
+def test_leftovers_of_a_start_that_never_finished_an_epoch_do_not_block(run, tmp_path,
+                                                                        fake_mnist, capsys):
+    out, _ = run
+    shutil.copy(out / "config.json", tmp_path / "config.json")   # no checkpoint, no metrics
+    train_run(tmp_path, data_path=fake_mnist, resume=True, **TINY)
+    assert "starting a new run" in capsys.readouterr().err
+    assert (tmp_path / "metrics.json").exists()
+
+
+def test_a_refused_resume_changes_nothing(run, fake_mnist):
+    out, _ = run
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="model"):
+        train_run(out, data_path=fake_mnist, resume=True, **{**TINY, "latent_dim": 3})
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_run(out, data_path=fake_mnist, resume=True, **{**TINY, "learning_rate": 0.5})
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert load_model(out).latent_dim == 2
+
+
+def test_force_with_settings_that_cannot_train_keeps_the_old_run(run, fake_mnist):
+    out, _ = run
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="larger than the training set"):
+        train_run(out, data_path=fake_mnist, force=True, **{**TINY, "n_train": 100})
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

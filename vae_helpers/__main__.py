@@ -10,6 +10,7 @@ from vae_helpers.argtypes import (
     positive_float,
     positive_int,
     positive_int_list,
+    seed_int,
 )
 
 
@@ -41,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--likelihood", default="gaussian",
                    choices=["gaussian", "bernoulli", "continuous_bernoulli"],
                    help="p(x|z) (default gaussian, with learned variance)")
-    t.add_argument("--covariance", default="scalar", choices=["scalar", "diagonal"],
-                   help="gaussian likelihood: one learned variance or one per pixel "
-                        "(default scalar)")
-    t.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    t.add_argument("--covariance", default=None, choices=["scalar", "diagonal"],
+                   help="gaussian likelihood only: one learned variance (scalar, used when "
+                        "the option is not given) or one per pixel (diagonal)")
+    t.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     t.add_argument("--iwae-k", type=non_negative_int, default=5000,
                    help="importance samples for the test log-likelihood; 0 skips it "
                         "(default 5000)")
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     from vae_helpers.runs import train_run
 
+    if args.covariance is not None and args.likelihood != "gaussian":
+        raise ValueError(f"--covariance applies to the gaussian likelihood only, "
+                         f"not to --likelihood {args.likelihood}")
     metrics = train_run(
         args.out, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, iwae_k=args.iwae_k,
@@ -71,7 +75,7 @@ def _train(args) -> int:
         force=args.force, progress=not args.no_progress, command=args.command_line,
         latent_dim=args.latent_dim,
         hidden_units=args.hidden_units, likelihood=args.likelihood,
-        **({"covariance": args.covariance} if args.likelihood == "gaussian" else {}),
+        **({"covariance": args.covariance or "scalar"} if args.likelihood == "gaussian" else {}),
     )
     lines = [f"run written to {args.out}",
              f"  test ELBO            {metrics['test_elbo']:10.2f} nats",
@@ -104,11 +108,11 @@ def main(argv=None) -> int:
     args.command_line = " ".join(["python -m vae_helpers", *argv])
     from vae_helpers.data import DataError
     from vae_helpers.runs import RunError
-    from vae_helpers.train import TrainingDiverged
+    from vae_helpers.train import CheckpointError, TrainingDiverged
 
     try:
         return {"train": _train}[args.command](args)
-    except (DataError, RunError, TrainingDiverged, OSError, ValueError) as err:
+    except (DataError, RunError, TrainingDiverged, CheckpointError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

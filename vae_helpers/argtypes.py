@@ -31,6 +31,14 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "a non-negative integer")
 
 
+def seed_int(text: str) -> int:
+    """A random seed: an integer from 0 to 2**62 - 1."""
+    value = _int_at_least(text, 0, "an integer from 0 to 2**62 - 1")
+    if value > 2**62 - 1:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**62 - 1, got {text!r}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0."""
     try:

@@ -9,7 +9,7 @@ IWAE bound (Burda, Grosse & Salakhutdinov, 2016, eq. 8)
     .. math::
 
         \mathcal L_k(x) = \mathbb E_{z_1..z_k \sim q}\Big[\log \frac1k \sum_{i=1}^k
-            \frac{p(x \mid z_i)\, p(z)}{q(z_i \mid x)}\Big],
+            \frac{p(x \mid z_i)\, p(z_i)}{q(z_i \mid x)}\Big],
 
     with :math:`\mathcal L = \mathcal L_1 \le \mathcal L_k \le \mathcal L_{k'}
     \le \log p(x)` for :math:`k < k'`, and :math:`\mathcal L_k \to \log p(x)` as
@@ -39,13 +39,18 @@ from vae_helpers.seeding import SALT_EVAL, stateless_seed
 #: Data variants on which a likelihood is a continuous density of dequantized pixels.
 DEQUANTIZED = "dequantized"
 
+#: The seed of the one fixed transform of the test set (its dequantization noise or
+#: its binarization). It does not depend on a run's training seed, so every run's
+#: test numbers are computed on the same data.
+TEST_SEED = 0
 
-def prepare_eval_data(x, variant: str, seed: int = 0) -> tf.Tensor:
+
+def prepare_eval_data(x, variant: str, seed: int = TEST_SEED) -> tf.Tensor:
     """One fixed transform of evaluation pixels into ``variant`` (float ``[N, D]``).
 
-    uint8 pixels are transformed once with a seed that depends only on ``seed``
-    (binarized: ``data.binarized_test_set``), so every evaluation of every run
-    with that seed sees the same data; float input is used as given.
+    uint8 pixels are transformed once with ``seed`` (binarized:
+    ``data.binarized_test_set``); with the default ``TEST_SEED`` every run and
+    every evaluation sees the same data. Float input is used as given.
     """
     if isinstance(x, tf.Tensor) and x.dtype == tf.float32:
         return tf.reshape(x, [tf.shape(x)[0], -1])
@@ -182,28 +187,31 @@ def bits_per_dim(log_likelihood_nats: float, dims: int, dequantized: bool = True
 
 
 def evaluate(model, x_test, k: int = 5000, seed: int = 0, n_samples: int = 1,
-             progress: bool = False, data_variant: str | None = None) -> dict:
+             progress: bool = False, data_variant: str | None = None,
+             test_seed: int = TEST_SEED) -> dict:
     """Test metrics of a trained model: ELBO terms, IWAE-k and (where defined) bits/dim.
 
     Args:
         model: a VAE.
-        x_test: uint8 test pixels (transformed once with ``seed``) or float data.
+        x_test: uint8 test pixels (transformed once with ``test_seed``) or float data.
         k: importance samples of the IWAE estimate (``0`` skips it).
-        seed: seeds the test transform and the samples.
+        seed: seeds the z samples of the ELBO and IWAE estimates.
         n_samples: z samples per image for the ELBO.
         progress: progress bar for the IWAE estimate.
         data_variant: override the likelihood's data variant.
+        test_seed: seeds the one fixed transform of the test pixels.
 
     Returns:
         A dict with ``test_elbo``, ``test_reconstruction``, ``test_kl``,
-        ``iwae_k``, ``iwae_log_likelihood``, ``data_variant``, ``n_test`` and,
+        ``iwae_k``, ``iwae_log_likelihood``, ``data_variant``, ``n_test``,
+        ``test_transform_seed`` and,
         for densities on dequantized pixels, ``bits_per_dim_elbo`` and
         ``bits_per_dim_iwae``. All in nats per image unless named bits.
     """
     variant = data_variant or model.likelihood.data_variant
-    x = prepare_eval_data(x_test, variant, seed=seed)
+    x = prepare_eval_data(x_test, variant, seed=test_seed)
     elbo = evaluate_elbo(model, x, n_samples=n_samples, seed=seed)
-    out = {"data_variant": variant, "n_test": int(x.shape[0]),
+    out = {"data_variant": variant, "n_test": int(x.shape[0]), "test_transform_seed": test_seed,
            "test_elbo": elbo["elbo"], "test_reconstruction": elbo["reconstruction"],
            "test_kl": elbo["kl"], "iwae_k": int(k), "iwae_log_likelihood": None}
     if k:

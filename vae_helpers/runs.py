@@ -32,9 +32,10 @@ import vae_helpers
 from vae_helpers import data as data_lib
 from vae_helpers import io
 from vae_helpers._tf import tf, tfp
-from vae_helpers.evaluate import evaluate
+from vae_helpers.evaluate import TEST_SEED, evaluate
 from vae_helpers.model import VAE
-from vae_helpers.train import fit
+from vae_helpers.seeding import set_seed
+from vae_helpers.train import check_resume, completed_epochs, fit, fit_settings
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "checkpoint")
 
@@ -50,24 +51,32 @@ def library_versions() -> dict:
 
 
 def _claim(out: Path, resume: bool, force: bool) -> None:
-    """Make sure writing into ``out`` loses nothing the user did not ask to lose."""
+    """Make sure writing into ``out`` loses nothing the user did not ask to lose.
+
+    A run counts once it has a checkpoint or its metrics; files left by a start
+    that never completed an epoch are replaced without asking.
+    """
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory; choose another --out")
-    existing = [name for name in RUN_FILES if (out / name).exists()]
-    if not existing:
-        if resume:
-            print(f"note: {out} holds no run to resume; starting a new one", file=sys.stderr)
+    done = completed_epochs(out / "checkpoint") if (out / "checkpoint").is_dir() else 0
+    has_run = done > 0 or (out / "metrics.json").exists()
+    if resume and done:
         return
-    if resume:
-        if not (out / "checkpoint").exists():
-            raise RunError(f"{out} has no checkpoint to resume from; start it without --resume")
-        return
-    if not force:
-        raise RunError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to "
+    if resume and has_run:
+        raise RunError(f"{out} has no checkpoint to resume from; start it without --resume")
+    if has_run and not force:
+        present = ", ".join(name for name in RUN_FILES if (out / name).exists())
+        raise RunError(f"{out} already holds a run ({present}); pass --resume to "
                        "continue it, --force to replace it, or choose another --out")
-    for name in existing:
+    if resume:
+        print(f"note: {out} holds no completed epoch to resume; starting a new run",
+              file=sys.stderr)
+    for name in RUN_FILES:
         path = out / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def train_run(
@@ -106,27 +115,33 @@ def train_run(
     """
     out = Path(out)
     started = time.perf_counter()
+    set_seed(seed)  # a command may seed the process; training itself uses stateless seeds
     source, rule = data_lib.locate_mnist(data_path)
     (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
     x_train = x_train[:n_train] if n_train else x_train
     x_test = x_test[:n_test] if n_test else x_test
     model = VAE(seed=seed, **model_options)
-    _claim(out, resume, force)
-    out.mkdir(parents=True, exist_ok=True)
     variant = model.likelihood.data_variant
+    # Everything that could refuse the run is checked before any file is touched.
+    if len(x_train) < batch_size:
+        raise ValueError(f"--batch-size {batch_size} is larger than the training set "
+                         f"({len(x_train)} images)")
+    settings = fit_settings(model, x_train, batch_size, learning_rate, seed)
+    _claim(out, resume, force)
+    if resume:
+        check_resume(out / "checkpoint", settings, epochs)
+    out.mkdir(parents=True, exist_ok=True)
     config = {
         "model": model.config,
         "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
                      "seed": seed, "optimizer": "adam", "n_train": int(len(x_train)),
                      "n_test": int(len(x_test)), "iwae_k": iwae_k},
-        "data": {"variant": variant,
+        "data": {"variant": variant, "test_transform_seed": TEST_SEED,
                  "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
                  "source": str(source) if source is not None else rule, "found_by": rule},
         "versions": library_versions(),
     }
-    # On resume the settings are checked against the checkpoint's by ``fit``;
-    # the config is rewritten so that it states the new total of epochs.
-    io.write_json(out / "config.json", config)
+    io.write_json(out / "config.json", config)  # on resume: states the new epoch total
     history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
                   learning_rate=learning_rate, seed=seed, x_test=x_test,
                   checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
@@ -155,7 +170,10 @@ def load_model(run_dir) -> VAE:
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoint"))
     if latest is None:
         raise RunError(f"{run_dir} has no checkpoint; the run did not finish an epoch")
-    tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    # The optimizer's slots in the checkpoint are not needed here (expect_partial);
+    # every variable of the model must be restored.
+    status = tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+    status.assert_existing_objects_matched()
     return model
 
 

@@ -44,9 +44,13 @@ def set_seed(seed: int, deterministic: bool = True) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
+MAX_SEED = 2**62 - 1  # the largest seed that two int32 words hold without wrapping
+
+
 def _check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+            or not 0 <= seed <= MAX_SEED):
+        raise ValueError(f"seed must be an integer from 0 to 2**62 - 1, got {seed!r}")
     return int(seed)
 
 
@@ -62,10 +66,14 @@ def stateless_seed(seed, *salt) -> tf.Tensor:
         A ``tf.Tensor`` of shape ``[2]`` and dtype int32, usable as the ``seed``
         of ``tf.random.stateless_*`` ops and of TFP samplers.
     """
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+    if isinstance(seed, (int, float, np.integer, np.floating)):  # bool is an int too
         seed = _check_seed(seed)
         base = tf.constant([seed % 2**31, seed // 2**31], dtype=tf.int32)
     else:
+        seed = tf.convert_to_tensor(seed)
+        if not seed.dtype.is_integer or seed.shape.num_elements() != 2:
+            raise ValueError("a seed is an integer from 0 to 2**62 - 1 or a stateless seed "
+                             f"(2 integers), got {seed.dtype.name} of shape {seed.shape}")
         base = tf.cast(tf.reshape(seed, [2]), tf.int32)
     for s in salt:
         base = tf.random.experimental.stateless_fold_in(base, tf.cast(s, tf.int64))

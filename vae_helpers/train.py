@@ -31,8 +31,11 @@ permutation is left out (a different one every epoch).
 
 from __future__ import annotations
 
+import hashlib
 import math
+import numbers
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +55,10 @@ HISTORY_FIELDS = (
 
 class TrainingDiverged(RuntimeError):
     """The loss or a gradient became NaN or infinite; the bad update was not applied."""
+
+
+class CheckpointError(RuntimeError):
+    """No checkpoint in the directory can be read back."""
 
 
 @dataclass
@@ -151,10 +158,52 @@ class _Trainer:
         return sums, bad
 
 
-def _fit_settings(model, n_train, variant, batch_size, learning_rate, seed, n_samples) -> dict:
-    return dict(model=model.config, n_train=n_train, data_variant=variant,
-                batch_size=batch_size, learning_rate=learning_rate, seed=seed,
-                n_samples=n_samples)
+def fit_settings(model, x_train, batch_size: int = 128, learning_rate: float = 1e-3,
+                 seed: int = 0, n_samples: int = 1, data_variant: str | None = None) -> dict:
+    """What a run's checkpoint must agree with to be resumed (stored as ``fit.json``).
+
+    The training data enter as their count and a fingerprint (SHA-256 of the bytes).
+    """
+    x = np.ascontiguousarray(x_train)
+    return dict(model=model.config, n_train=int(x.shape[0]),
+                data_sha256=hashlib.sha256(x.tobytes()).hexdigest(),
+                data_variant=data_variant or model.likelihood.data_variant,
+                batch_size=int(batch_size), learning_rate=float(learning_rate), seed=int(seed),
+                n_samples=int(n_samples))
+
+
+def completed_epochs(checkpoint_dir) -> int:
+    """Epochs recorded by the newest checkpoint in ``checkpoint_dir`` (0 if there is none)."""
+    latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+    return int(latest.rsplit("-", 1)[1]) if latest else 0
+
+
+def check_resume(checkpoint_dir, settings: dict, epochs: int) -> int:
+    """Check that the run in ``checkpoint_dir`` can be resumed with ``settings`` up to ``epochs``.
+
+    Returns:
+        The epochs already completed (0 if there is no checkpoint).
+
+    Raises:
+        ValueError: the run was trained with other settings (named in the message),
+            or it has already trained more than ``epochs`` epochs.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    done = completed_epochs(checkpoint_dir)
+    if not done:
+        return 0
+    settings_path = checkpoint_dir / "fit.json"
+    if settings_path.exists():
+        saved = io.read_json(settings_path)
+        changed = sorted(k for k in settings if saved.get(k) != settings[k])
+        if changed:
+            raise ValueError(
+                f"cannot resume {checkpoint_dir}: it was trained with different settings "
+                f"({', '.join(changed)}); resume with the same settings or start a new run")
+    if epochs < done:
+        raise ValueError(f"cannot resume {checkpoint_dir} to {epochs} epochs: it has already "
+                         f"trained {done}; ask for at least {done}")
+    return done
 
 
 def _check_positive_int(name, value):
@@ -207,18 +256,28 @@ def fit(
         The ``History``: per epoch the mean training ELBO, reconstruction and KL
         over its steps, the test ELBO terms, and the wall-clock seconds.
 
+    Randomness comes only from stateless seeds derived from ``seed``, the epoch and
+    the step; ``fit`` does not touch global random state. A second ``fit`` call on
+    the same model without ``resume`` starts at epoch 1 again (same shuffles and
+    noise as the first call, fresh Adam state); to continue training, use a
+    ``checkpoint_dir`` and ``resume=True``.
+
     Raises:
         TrainingDiverged: the loss or a gradient became non-finite. The message
             names the epoch and step; the offending update is not applied, and
             the checkpoint of the last completed epoch is left as it was.
         FileExistsError: ``checkpoint_dir`` holds a checkpoint and ``resume`` is False.
+        ValueError: bad arguments, or a resume with settings (or data) other than the
+            checkpoint's, or to fewer epochs than it already has.
+        CheckpointError: ``resume`` found checkpoints, but none can be read.
     """
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("n_samples", n_samples)
-    if not (isinstance(learning_rate, (int, float)) and math.isfinite(learning_rate)
+    if not (isinstance(learning_rate, numbers.Real) and math.isfinite(learning_rate)
             and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    learning_rate = float(learning_rate)
     variant = data_variant or model.likelihood.data_variant
     x = _pixels_tensor(x_train)
     if x.shape[0] < batch_size:
@@ -228,7 +287,9 @@ def fit(
     trainer = _Trainer(model, optimizer, x, variant, batch_size, seed, n_samples, jit_compile)
     steps = trainer.steps_per_epoch
     chunk = steps_per_call or max(1, math.ceil(steps / 10))
-    test = None if x_test is None else prepare_eval_data(x_test, variant, seed=seed)
+    # The test set is transformed once with the fixed TEST_SEED, whatever the training
+    # seed, so that test numbers of different runs are computed on the same data.
+    test = None if x_test is None else prepare_eval_data(x_test, variant)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
     history = History()
@@ -238,9 +299,10 @@ def fit(
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
         manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=2)
-        settings = _fit_settings(model, int(x.shape[0]), variant, batch_size, learning_rate,
-                                 seed, n_samples)
-        history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epoch_var)
+        settings = fit_settings(model, x_train, batch_size, learning_rate, seed, n_samples,
+                                variant)
+        history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epochs,
+                                   epoch_var)
     start_epoch = int(epoch_var.numpy())
 
     bar = None
@@ -309,24 +371,31 @@ def _divergence_message(epoch, step, steps, manager) -> str:
             "Try a smaller learning_rate.")
 
 
-def _start_or_resume(manager, ckpt, checkpoint_dir: Path, settings, resume, epoch_var):
-    settings_path = checkpoint_dir / "fit.json"
+def _start_or_resume(manager, ckpt, checkpoint_dir: Path, settings, resume, epochs, epoch_var):
     latest = manager.latest_checkpoint
     if latest and not resume:
         raise FileExistsError(
             f"{checkpoint_dir} already holds a checkpoint ({Path(latest).name}); pass "
             "resume=True to continue that run, or give an empty checkpoint_dir")
     if not latest:
-        io.write_json(settings_path, settings)
+        io.write_json(checkpoint_dir / "fit.json", settings)
         return History()
-    if settings_path.exists():
-        saved = io.read_json(settings_path)
-        changed = sorted(k for k in settings if saved.get(k) != settings[k])
-        if changed:
-            raise ValueError(
-                f"cannot resume {checkpoint_dir}: it was trained with different settings "
-                f"({', '.join(changed)}); resume with the same settings or start a new run")
-    ckpt.restore(latest).assert_existing_objects_matched()
+    check_resume(checkpoint_dir, settings, epochs)
+    failures = []
+    for path in reversed(manager.checkpoints):  # newest first; an older one if it is damaged
+        try:
+            ckpt.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, OSError) as err:
+            failures.append(f"{Path(path).name} ({type(err).__name__})")
+            continue
+        if failures:
+            warnings.warn(f"{', '.join(failures)} could not be read; resuming from "
+                          f"{Path(path).name} instead", stacklevel=3)
+        break
+    else:
+        raise CheckpointError(
+            f"cannot resume {checkpoint_dir}: no checkpoint there can be read "
+            f"({', '.join(failures)}); start a new run")
     rows = []
     if (checkpoint_dir / "history.json").exists():
         rows = io.read_json(checkpoint_dir / "history.json")
