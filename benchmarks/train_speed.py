@@ -532,6 +532,13 @@ def main(argv=None) -> int:
     except DataError as err:
         print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 1
+    try:  # find out now, not after minutes of measuring, whether the JSON can be written
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        io.write_json(args.json.with_name(f".{args.json.name}.check"), {})
+        args.json.with_name(f".{args.json.name}.check").unlink()
+    except OSError as err:
+        print(f"error: cannot write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+        return 1
 
     dims = network_dims(VAE(seed=0))
     products = matmuls_per_image(dims)
