@@ -32,15 +32,20 @@ _CHATTER = re.compile(
 )
 
 
-def _import_quietly():
+def _redirectable_stderr() -> int | None:
+    """A duplicate of descriptor 2 to restore later, or None when filtering is off or impossible."""
     if "tensorflow" in sys.modules or os.environ.get("VAE_HELPERS_VERBOSE_TF") == "1":
-        import tensorflow  # noqa: F401
-        import tensorflow_probability  # noqa: F401
-        return
+        return None
     try:
         sys.stderr.flush()
-        saved = os.dup(2)
+        return os.dup(2)
     except (OSError, ValueError, AttributeError):  # no usable descriptor 2
+        return None
+
+
+def _import_quietly():
+    saved = _redirectable_stderr()
+    if saved is None:
         import tensorflow  # noqa: F401
         import tensorflow_probability  # noqa: F401
         return
