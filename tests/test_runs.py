@@ -188,3 +188,20 @@ def test_force_with_settings_that_cannot_train_keeps_the_old_run(run, fake_mnist
     with pytest.raises(ValueError, match="larger than the training set"):
         train_run(out, data_path=fake_mnist, force=True, **{**TINY, "n_train": 100})
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resuming_a_complete_run_returns_its_metrics_without_training(run, fake_mnist, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint").iterdir()}
+    again = train_run(out, data_path=fake_mnist, resume=True, **TINY)
+    assert again == read_json(out / "metrics.json") == json.loads(json.dumps(run[1]))
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint").iterdir()} == before
+
+
+def test_resuming_a_complete_run_with_another_iwae_k_evaluates_again(run, fake_mnist, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    again = train_run(out, data_path=fake_mnist, resume=True, **{**TINY, "iwae_k": 4})
+    assert again["iwae_k"] == 4 == read_json(out / "metrics.json")["iwae_k"]
+    assert again["test_elbo"] == pytest.approx(run[1]["test_elbo"], abs=1e-4)

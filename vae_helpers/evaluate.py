@@ -34,6 +34,7 @@ import numpy as np
 
 from vae_helpers import data as data_lib
 from vae_helpers._tf import tf
+from vae_helpers.progress import progress_bar
 from vae_helpers.seeding import SALT_EVAL, stateless_seed
 
 #: Data variants on which a likelihood is a continuous density of dequantized pixels.
@@ -160,9 +161,7 @@ def iwae_log_likelihood(model, x, k: int = 5000, batch_size: int | None = None,
     out = []
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, unit="img", desc=f"IWAE k={k}", dynamic_ncols=True)
+        bar = progress_bar(n, f"IWAE k={k}", "img")
     try:
         for i, (a, b) in enumerate(_batches(n, batch_size)):
             out.append(fn(x[a:b], tf.constant(k), tf.constant(chunk),

@@ -103,7 +103,9 @@ def train_run(
         iwae_k: importance samples for the test log-likelihood (0 skips it).
         n_train, n_test: use only the first images of each set (quick runs).
         data_path: MNIST .npz; default: ``data.load_mnist``'s search order.
-        resume: continue the run in ``out`` from its last checkpoint.
+        resume: continue the run in ``out`` from its last checkpoint; a run that is
+            already complete with these settings is not trained or evaluated again
+            (its stored metrics are returned).
         force: replace a run already in ``out``.
         progress: progress bars.
         command: the command line to record in ``metrics.json``.
@@ -129,7 +131,12 @@ def train_run(
     settings = fit_settings(model, x_train, batch_size, learning_rate, seed)
     _claim(out, resume, force)
     if resume:
-        check_resume(out / "checkpoint", settings, epochs)
+        done = check_resume(out / "checkpoint", settings, epochs)
+        finished = _finished_metrics(out, epochs, iwae_k, len(x_test)) if done == epochs else None
+        if finished is not None:
+            print(f"{out} is already complete ({epochs} epochs, IWAE k={iwae_k}); "
+                  "its stored metrics are returned", file=sys.stderr)
+            return finished
     out.mkdir(parents=True, exist_ok=True)
     config = {
         "model": model.config,
@@ -157,6 +164,17 @@ def train_run(
     )
     io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _finished_metrics(out: Path, epochs: int, iwae_k: int, n_test: int) -> dict | None:
+    """The stored metrics of a run that is complete as asked, else ``None``."""
+    path = out / "metrics.json"
+    if not path.exists():
+        return None
+    metrics = io.read_json(path)
+    same = (metrics.get("epochs") == epochs and metrics.get("iwae_k") == iwae_k
+            and metrics.get("n_test") == n_test)
+    return metrics if same else None
 
 
 def load_model(run_dir) -> VAE:

@@ -45,6 +45,7 @@ from vae_helpers import data as data_lib
 from vae_helpers import io
 from vae_helpers._tf import tf
 from vae_helpers.evaluate import evaluate_elbo, prepare_eval_data
+from vae_helpers.progress import progress_bar
 from vae_helpers.seeding import SALT_DATA, SALT_LATENT, SALT_SHUFFLE, stateless_seed
 
 HISTORY_FIELDS = (
@@ -242,7 +243,7 @@ def fit(
             (on one fixed transform of the test set).
         checkpoint_dir: where to write a checkpoint after every epoch.
         resume: continue from the newest checkpoint in ``checkpoint_dir``.
-        progress: show a progress bar (tqdm; a widget in notebooks).
+        progress: show a progress bar (drawn as ``$VAE_PROGRESS`` asks, see ``progress``).
         n_samples: z samples per image in the training ELBO.
         data_variant: override the likelihood's data variant
             (``"dequantized"``, ``"binarized"``, ``"scaled"``).
@@ -307,10 +308,7 @@ def fit(
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=epochs * steps, initial=start_epoch * steps, unit="step",
-                   desc="training", dynamic_ncols=True)
+        bar = progress_bar(epochs * steps, "training", "step", initial=start_epoch * steps)
     try:
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
