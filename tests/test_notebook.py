@@ -1,0 +1,82 @@
+"""Tests of vae_helpers.notebook: Colab links, run directories, version and numeric checks."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from vae_helpers import notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_colab_url_points_at_the_notebook_in_the_repository():
+    assert notebook.colab_url("01_math.ipynb") == (
+        "https://colab.research.google.com/github/vae-helpers/vae-course/blob/main/"
+        "notebooks/01_math.ipynb")
+
+
+def test_repository_is_the_one_pyproject_names():
+    text = (ROOT / "pyproject.toml").read_text()
+    assert f'Repository = "https://github.com/{notebook.REPOSITORY}"' in text
+
+
+def test_project_root_is_found_from_inside_and_not_from_outside(tmp_path):
+    assert notebook.project_root(ROOT / "notebooks") == ROOT
+    assert notebook.project_root(tmp_path) is None
+
+
+def test_relative_run_dirs_resolve_against_the_checkout(monkeypatch):
+    monkeypatch.delenv(notebook.RUNS_ROOT_ENV, raising=False)
+    monkeypatch.chdir(ROOT / "notebooks")
+    assert notebook.resolve_run_dir("runs/homework") == ROOT / "runs" / "homework"
+    assert notebook.display_path(ROOT / "runs" / "homework") == "runs/homework"
+
+
+def test_outside_a_checkout_relative_run_dirs_resolve_against_the_working_directory(
+        monkeypatch, tmp_path):
+    monkeypatch.delenv(notebook.RUNS_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert notebook.resolve_run_dir("runs/x") == tmp_path.resolve() / "runs" / "x"
+    assert notebook.display_path(tmp_path / "a") == str((tmp_path / "a").resolve())
+
+
+def test_runs_root_variable_and_absolute_paths(monkeypatch, tmp_path):
+    monkeypatch.setenv(notebook.RUNS_ROOT_ENV, str(tmp_path))
+    assert notebook.resolve_run_dir("runs/x") == tmp_path.resolve() / "runs" / "x"
+    assert notebook.resolve_run_dir(tmp_path / "abs") == tmp_path / "abs"
+
+
+def test_check_close_prints_a_stable_verdict(capsys):
+    assert notebook.check_close("kl", 1.0004, 1.0, atol=1e-3)
+    assert not notebook.check_close("kl", [1.0, 2.0], [1.0, 2.1], rtol=1e-3)
+    assert not notebook.check_close("nan", float("nan"), 0.0, atol=1.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["PASS  kl: within 0.001", "FAIL  kl: within 0.001·|ref|",
+                     "FAIL  nan: within 1"]
+
+
+def test_check_close_verbose_adds_the_difference_and_rejects_mismatched_shapes(capsys):
+    notebook.check_close("x", [1.0, 2.0], [1.0, 2.5], atol=1.0, verbose=True)
+    assert "largest difference 0.5" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="shapes differ"):
+        notebook.check_close("x", [1.0, 2.0], [1.0, 2.0, 3.0], atol=1.0)
+
+
+def test_tested_versions_are_the_pinned_ones():
+    pins = dict(re.findall(r"^([a-z_-]+)==([\d.]+)", (ROOT / "requirements.txt").read_text(), re.M))
+    assert pins["tensorflow"].startswith(notebook.TESTED_VERSIONS["tensorflow"] + ".")
+    assert pins["tensorflow-probability"].startswith(
+        notebook.TESTED_VERSIONS["tensorflow_probability"] + ".")
+
+
+def test_check_versions_reports_the_pair_and_warns_for_another(monkeypatch, capsys):
+    found = notebook.check_versions()
+    assert "(the tested pair)" in capsys.readouterr().out
+    monkeypatch.setattr(notebook, "versions",
+                        lambda: {**found, "tensorflow": "2.99.0"})
+    with pytest.warns(UserWarning, match="tested with tensorflow 2.21.x"):
+        notebook.check_versions()
+    assert "NOT the tested pair" in capsys.readouterr().out

@@ -1,0 +1,116 @@
+"""What the course notebooks share: set-up, run directories, and printed numeric checks.
+
+A notebook's setup cell seeds (``set_seed``) and calls ``check_versions``; its
+parameters cell names a run directory, which ``resolve_run_dir`` turns into an
+absolute path the same way in Jupyter, under papermill and on Colab;
+``check_close`` prints one stable ``PASS`` / ``FAIL`` line per comparison, the
+kind of output nbval compares.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPOSITORY = "vae-helpers/vae-course"
+"""The GitHub repository (owner/name) the notebooks' Colab badges point to."""
+
+TESTED_VERSIONS = {"tensorflow": "2.21", "tensorflow_probability": "0.25"}
+"""The TensorFlow / TFP release pair the notebooks are tested with (requirements.txt)."""
+
+RUNS_ROOT_ENV = "VAE_RUNS_ROOT"
+
+
+def colab_url(notebook: str, branch: str = "main") -> str:
+    """The "Open in Colab" address of ``notebooks/<notebook>`` in the repository."""
+    return (f"https://colab.research.google.com/github/{REPOSITORY}/blob/{branch}/"
+            f"notebooks/{notebook}")
+
+
+def project_root(start=None) -> Path | None:
+    """The checkout of this project that contains ``start`` (default: the working
+    directory), found by its ``pyproject.toml``; ``None`` outside a checkout."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "vae_helpers"' in pyproject.read_text(errors="ignore"):
+            return folder
+    return None
+
+
+def resolve_run_dir(run_dir) -> Path:
+    """The absolute path of a notebook's ``run_dir`` parameter.
+
+    Absolute paths are kept. A relative path is taken relative to
+    ``$VAE_RUNS_ROOT`` if set, else to the project's checkout when the notebook
+    runs inside one (so ``runs/homework`` is the same folder from ``notebooks/``
+    in Jupyter, under the pipeline, and for ``make run``), else to the working
+    directory (Colab: ``/content``).
+    """
+    path = Path(run_dir).expanduser()
+    if path.is_absolute():
+        return path
+    root = os.environ.get(RUNS_ROOT_ENV)
+    base = Path(root) if root else (project_root() or Path.cwd())
+    return (base / path).resolve()
+
+
+def display_path(path) -> str:
+    """``path`` relative to the project's checkout when inside it (for printing)."""
+    path = Path(path).resolve()
+    root = project_root()
+    if root is not None and path.is_relative_to(root):
+        return str(path.relative_to(root))
+    return str(path)
+
+
+def versions() -> dict:
+    """The versions of the libraries the notebooks depend on."""
+    from vae_helpers.runs import library_versions
+
+    return library_versions()
+
+
+def check_versions() -> dict:
+    """Print the TensorFlow / TFP versions and whether they are the tested pair.
+
+    Another release only warns: the notebooks may still work (e.g. on Colab), but
+    their printed checks were made with the tested pair.
+    """
+    import warnings
+
+    found = versions()
+    line = ", ".join(f"{name} {found[name]}" for name in ("tensorflow", "tensorflow_probability"))
+    untested = [name for name, want in TESTED_VERSIONS.items()
+                if not (found[name] == want or found[name].startswith(want + "."))]
+    if untested:
+        warnings.warn(f"{line}: the notebooks are tested with tensorflow "
+                      f"{TESTED_VERSIONS['tensorflow']}.x and tensorflow_probability "
+                      f"{TESTED_VERSIONS['tensorflow_probability']}.x; results may differ",
+                      stacklevel=2)
+    print(f"{line} ({'the tested pair' if not untested else 'NOT the tested pair'})")
+    return found
+
+
+def check_close(label: str, value, reference, atol: float = 0.0, rtol: float = 0.0,
+                verbose: bool = False) -> bool:
+    """Print ``PASS`` or ``FAIL``: is ``|value - reference| <= atol + rtol * |reference|``
+    everywhere?
+
+    Only the verdict and the tolerance are printed (stable across machines);
+    ``verbose=True`` adds the largest difference. Returns the verdict.
+    """
+    import numpy as np
+
+    value = np.asarray(value, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if value.shape != reference.shape and value.size != 1 and reference.size != 1:
+        raise ValueError(f"{label}: shapes differ: {value.shape} vs {reference.shape}")
+    diff = np.abs(value - reference)
+    bound = atol + rtol * np.abs(reference)
+    ok = bool(np.all(np.isfinite(value)) and np.all(diff <= bound))
+    tol = " + ".join(part for part in (f"{atol:g}" if atol else "",
+                                        f"{rtol:g}·|ref|" if rtol else "") if part) or "0"
+    extra = f" (largest difference {float(diff.max()):.3g})" if verbose else ""
+    print(f"{'PASS' if ok else 'FAIL'}  {label}: within {tol}{extra}")
+    return ok
