@@ -21,6 +21,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vae_helpers.__main__ import build_parser, main
@@ -481,3 +482,53 @@ def test_bernoulli_run_metrics(followups):
     tolerance = 1.0 + 0.005 * abs(metrics["test_elbo"])
     assert metrics["iwae_log_likelihood"] >= metrics["test_elbo"] - tolerance
     assert metrics["num_parameters"] == expected_num_parameters(config["model"])
+
+
+# --- divergence ------------------------------------------------------------------------------
+
+
+def test_a_huge_learning_rate_stops_with_one_line_naming_the_step(tmp_path, fake_mnist,
+                                                                  monkeypatch, capsys):
+    monkeypatch.setenv("VAE_MNIST", str(fake_mnist))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--learning-rate", "1e30"]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1, captured.err
+    assert re.fullmatch(r"error: training diverged at epoch 1, step \d+ of 4: .*"
+                        r"no checkpoint was written before it\. .*learning_rate.*", lines[0])
+    assert captured.out == ""
+    assert not (out / "metrics.json").exists() and not (out / ".vae_helpers.lock").exists()
+
+
+def test_divergence_after_a_checkpoint_keeps_it_loadable(tmp_path, fake_mnist, monkeypatch,
+                                                         capsys):
+    """NaN weights after epoch 1 (injected: a real learning rate that diverges only later
+    would depend on the platform's arithmetic) stop the run in epoch 2 with one line; the
+    checkpoint of epoch 1 is the run's latest and restores the weights it had."""
+    from vae_helpers import runs
+    from vae_helpers._tf import tf
+
+    real_fit, good = runs.fit, {}
+
+    def poisoned_fit(model, *args, **kwargs):
+        def poison(epoch, history):
+            if epoch == 1:
+                good["weights"] = [v.numpy().copy() for v in model.trainable_variables]
+                w = model.decoder.layers[0].w
+                w.assign(tf.fill(w.shape, float("nan")))
+        return real_fit(model, *args, on_epoch_end=poison, **kwargs)
+
+    monkeypatch.setattr(runs, "fit", poisoned_fit)
+    monkeypatch.setenv("VAE_MNIST", str(fake_mnist))
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *TINY, "--epochs", "3"]) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: training diverged at epoch 2, step 1 of 4")
+    assert f"the last good checkpoint ({out / 'checkpoint' / 'ckpt-1'}) is intact" in lines[0]
+    loaded = runs.load_model(out)
+    for a, b in zip(good["weights"], [v.numpy() for v in loaded.trainable_variables],
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not (out / ".vae_helpers.lock").exists()

@@ -172,3 +172,21 @@ def test_missing_directory_is_an_error_not_a_partial_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         io.write_json(tmp_path / "missing" / "x.json", {"a": 1})
     assert leftovers(tmp_path, set()) == []
+
+
+def test_a_temporary_file_that_cannot_be_removed_does_not_hide_the_error(previous, monkeypatch):
+    """A directory that became unwritable mid-write: the rename fails, and so does removing
+    the temporary file; the caller sees the first error, the one that says what failed."""
+    def failing_replace(src, dst):
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    def failing_unlink(self, missing_ok=False):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    monkeypatch.setattr(Path, "unlink", failing_unlink)
+    with pytest.raises(PermissionError) as info:
+        io.write_json(previous, {"version": "new"})
+    assert info.value.filename == str(previous)
+    monkeypatch.undo()
+    assert io.read_json(previous) == {"version": "previous"}

@@ -6,18 +6,24 @@ is shared by the module.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from vae_helpers import data as data_lib
+from vae_helpers import io
 from vae_helpers._tf import tf
 from vae_helpers.evaluate import evaluate
+from vae_helpers.locks import LOCK_NAME, RunLocked
 from vae_helpers.model import VAE
 from vae_helpers.runs import RunError, load_model, load_run, train_run
-from vae_helpers.train import HISTORY_FIELDS
+from vae_helpers.train import HISTORY_FIELDS, RunWriteError
 
 TINY = dict(epochs=1, batch_size=128, iwae_k=8, n_train=512, n_test=256, seed=3,
             progress=False, hidden_units=[32])
@@ -205,3 +211,90 @@ def test_resuming_a_complete_run_with_another_iwae_k_evaluates_again(run, fake_m
     again = train_run(out, data_path=fake_mnist, resume=True, **{**TINY, "iwae_k": 4})
     assert again["iwae_k"] == 4 == read_json(out / "metrics.json")["iwae_k"]
     assert again["test_elbo"] == pytest.approx(run[1]["test_elbo"], abs=1e-4)
+
+
+# --- faults: a locked directory, a write that fails --------------------------------------------
+
+HOLD_LOCK = """
+import sys, time
+from vae_helpers.locks import run_lock
+with run_lock(sys.argv[1]):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def hold_lock(directory) -> subprocess.Popen:
+    """Another process that holds the lock of ``directory`` until it is killed."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(directory)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_run_in_a_locked_directory_is_refused_and_touches_nothing(run, fake_mnist, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    holder = hold_lock(out)
+    try:
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        for flags in (dict(force=True), dict(resume=True)):
+            with pytest.raises(RunLocked, match=rf"pid {holder.pid}\)") as info:
+                train_run(out, data_path=fake_mnist, **TINY, **flags)
+            assert info.value.path == out and str(out) in str(info.value)
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_file_neither_blocks_nor_counts_as_a_run(fake_mnist, tmp_path,
+                                                             monkeypatch):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    holder.kill()   # SIGKILL: the lock file stays, the lock goes with the process
+    holder.wait()
+    assert [p.name for p in out.iterdir()] == [LOCK_NAME]
+
+    class Reached(Exception):
+        pass
+
+    def fit_reached(*args, checkpoint_dir, **kwargs):
+        assert (checkpoint_dir.parent / "config.json").exists()
+        raise Reached
+
+    monkeypatch.setattr("vae_helpers.runs.fit", fit_reached)
+    with pytest.raises(Reached):   # neither resume nor force was needed to get to training
+        train_run(out, data_path=fake_mnist, **TINY)
+    assert [p.name for p in out.iterdir()] == ["config.json"]
+
+
+def test_metrics_that_cannot_be_written_leave_a_run_that_resume_completes(
+        run, fake_mnist, tmp_path, monkeypatch):
+    """ENOSPC on metrics.json (simulated): the message says how to finish the run, and
+    --resume then evaluates and writes the metrics without training again."""
+    out = tmp_path / "copy"
+    shutil.copytree(run[0], out)
+    (out / "metrics.json").unlink()
+    real_write = io.atomic_write_bytes
+
+    def no_space_for_metrics(path, data):
+        if path.name == "metrics.json":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(io, "atomic_write_bytes", no_space_for_metrics)
+    with pytest.raises(RunWriteError) as info:
+        train_run(out, data_path=fake_mnist, resume=True, **TINY)
+    message = str(info.value)
+    assert message.startswith(f"could not write the final metrics ({out / 'metrics.json'}): "
+                              "No space left on device; the last good checkpoint (")
+    assert "ckpt-1, epoch 1) is intact" in message and "--resume" in message
+    assert not (out / "metrics.json").exists() and not (out / LOCK_NAME).exists()
+
+    monkeypatch.setattr(io, "atomic_write_bytes", real_write)
+    checkpoints = {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint").iterdir()}
+    metrics = train_run(out, data_path=fake_mnist, resume=True, **TINY)
+    assert metrics["test_elbo"] == pytest.approx(run[1]["test_elbo"], abs=1e-4)
+    assert read_json(out / "metrics.json")["epochs"] == TINY["epochs"]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "checkpoint").iterdir()} == checkpoints

@@ -1,4 +1,12 @@
-"""Training: it learns, it is reproducible, it resumes exactly, it stops cleanly on NaN."""
+"""Training: it learns, it is reproducible, it resumes exactly, it stops cleanly on NaN
+and on writes that fail."""
+
+import contextlib
+import errno
+import json
+import os
+import resource
+import signal
 
 import numpy as np
 import pytest
@@ -6,7 +14,7 @@ import pytest
 from vae_helpers import evaluate, io
 from vae_helpers._tf import tf
 from vae_helpers.model import VAE
-from vae_helpers.train import HISTORY_FIELDS, TrainingDiverged, fit
+from vae_helpers.train import HISTORY_FIELDS, RunWriteError, TrainingDiverged, fit
 
 SMALL = dict(latent_dim=2, hidden_units=[64])
 
@@ -227,3 +235,83 @@ def test_resume_to_fewer_epochs_or_on_other_data_is_refused(digits, tmp_path):
 def test_numpy_learning_rates_are_accepted(digits):
     h = fit(VAE(**SMALL), digits[:256], epochs=1, learning_rate=np.float32(1e-3), progress=False)
     assert len(h) == 1
+
+
+# --- writes that fail ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """A genuine EFBIG for every write past ``limit`` bytes, in this process (even as root)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # Python ignores it anyway
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_last_good_one(digits, tmp_path):
+    kwargs = dict(batch_size=64, seed=0, x_test=digits[-64:], progress=False)
+    limits = contextlib.ExitStack()
+
+    def fill_the_disk_after(epoch, history):
+        if epoch == 2:  # the checkpoint of epoch 3 (about 1 MB) will not fit
+            limits.enter_context(file_size_limit(64 * 1024))
+
+    with limits, pytest.raises(RunWriteError) as err:
+        fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path,
+            on_epoch_end=fill_the_disk_after, **kwargs)
+    message = str(err.value)
+    assert f"could not write the checkpoint of epoch 3 ({tmp_path / 'ckpt-3'})" in message
+    assert "File too large" in message and "resume" in message
+    assert f"the last good checkpoint ({tmp_path / 'ckpt-2'}, epoch 2) is intact" in message
+    assert err.value.path == str(tmp_path / "ckpt-3")
+    # nothing of the failed checkpoint is left, and the two good ones are untouched
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index",
+        "ckpt-2.data-00000-of-00001", "ckpt-2.index", "fit.json", "history.json"]
+    resumed = fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path, resume=True,
+                  **kwargs)
+    straight = fit(VAE(**SMALL), digits[:256], epochs=4, **kwargs)
+    for name in ("train_elbo", "test_elbo"):
+        np.testing.assert_array_equal(resumed.column(name), straight.column(name))
+
+
+def test_a_full_disk_before_the_first_checkpoint(digits, tmp_path):
+    with file_size_limit(64 * 1024), pytest.raises(RunWriteError) as err:
+        fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, checkpoint_dir=tmp_path,
+            progress=False)
+    assert "could not write the checkpoint of epoch 1" in str(err.value)
+    assert "no epoch had been checkpointed yet" in str(err.value)
+    assert err.value.errno is None or err.value.errno == errno.EFBIG
+    assert tf.train.latest_checkpoint(str(tmp_path)) is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.json", "history.json"]
+
+
+def test_a_history_that_cannot_be_written_stops_before_the_checkpoint(digits, tmp_path,
+                                                                     monkeypatch):
+    """ENOSPC while writing history.json (simulated: the JSON files are too small for a
+    genuine file size limit): the previous history and checkpoint stay as they were."""
+    from vae_helpers import io as io_mod
+
+    real_write = io_mod.atomic_write_bytes
+
+    def full_after_epoch_1(path, data):
+        if path.name == "history.json" and len(json.loads(data)) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path) + ".tmp")
+        return real_write(path, data)
+
+    monkeypatch.setattr(io_mod, "atomic_write_bytes", full_after_epoch_1)
+    with pytest.raises(RunWriteError) as err:
+        fit(VAE(**SMALL), digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
+            progress=False)
+    assert str(err.value).startswith(f"could not write the training history "
+                                     f"({tmp_path / 'history.json'}): No space left on device;")
+    assert f"({tmp_path / 'ckpt-1'}, epoch 1) is intact" in str(err.value)
+    assert err.value.errno == errno.ENOSPC
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-1")
+    assert [row["epoch"] for row in io.read_json(tmp_path / "history.json")] == [1]

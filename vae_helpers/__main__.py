@@ -107,12 +107,14 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["python -m vae_helpers", *argv])
     from vae_helpers.data import DataError
+    from vae_helpers.locks import RunLocked
     from vae_helpers.runs import RunError
     from vae_helpers.train import CheckpointError, TrainingDiverged
 
     try:
         return {"train": _train}[args.command](args)
-    except (DataError, RunError, TrainingDiverged, CheckpointError, OSError, ValueError) as err:
+    except (DataError, RunError, RunLocked, TrainingDiverged, CheckpointError, OSError,
+            ValueError) as err:  # OSError includes train.RunWriteError (disk full, ...)
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

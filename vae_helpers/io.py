@@ -8,6 +8,7 @@ file.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -36,7 +37,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        # In a directory that has just become unwritable the temporary file cannot be
+        # removed either; the error that matters is the one raised above.
+        with contextlib.suppress(OSError):
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 

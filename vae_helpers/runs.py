@@ -16,10 +16,20 @@ A run directory holds
     from which ``load_model`` rebuilds the trained model.
 
 Stages hand results to each other through this directory only.
+
+Faults. A run holds the directory's lock (``locks.run_lock``) from start to end,
+so a second run into the same directory is refused at once and touches nothing.
+Every file is written whole or not at all, and a checkpoint becomes the latest
+only once it is complete: a run killed at any moment (even by SIGKILL) continues
+with ``resume`` from its last completed epoch and ends with the numbers an
+uninterrupted run would have. A write that fails (disk full, directory not
+writable) stops the run with a ``RunWriteError`` naming the file and the last
+good checkpoint, which is left intact.
 """
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import shutil
 import sys
@@ -33,9 +43,10 @@ from vae_helpers import data as data_lib
 from vae_helpers import io
 from vae_helpers._tf import tf, tfp
 from vae_helpers.evaluate import TEST_SEED, evaluate
+from vae_helpers.locks import run_lock
 from vae_helpers.model import VAE
 from vae_helpers.seeding import set_seed
-from vae_helpers.train import check_resume, completed_epochs, fit, fit_settings
+from vae_helpers.train import check_resume, completed_epochs, fit, fit_settings, write_failure
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "checkpoint")
 
@@ -68,15 +79,44 @@ def _claim(out: Path, resume: bool, force: bool) -> None:
         present = ", ".join(name for name in RUN_FILES if (out / name).exists())
         raise RunError(f"{out} already holds a run ({present}); pass --resume to "
                        "continue it, --force to replace it, or choose another --out")
-    if resume:
+    leftovers = [name for name in RUN_FILES if (out / name).exists()]
+    if resume and leftovers:
         print(f"note: {out} holds no completed epoch to resume; starting a new run",
               file=sys.stderr)
     for name in RUN_FILES:
         path = out / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        except OSError as err:
+            raise RunError(f"cannot replace {path}: {err.strerror or err}") from err
+
+
+@contextlib.contextmanager
+def _locked(out: Path):
+    """``locks.run_lock(out)``; failing to create its lock file is a ``RunWriteError``."""
+    acquired = False
+    try:
+        with run_lock(out):
+            acquired = True
+            yield
+    except OSError as err:
+        if acquired:
+            raise
+        what, path = (("the lock file", err.filename or out) if out.is_dir()
+                      else ("the run directory", out))
+        raise write_failure(what, path, err, out / "checkpoint") from err
+
+
+def _write(writer, path: Path, content, what: str, out: Path) -> None:
+    """``writer(path, content)``; a failure becomes a ``RunWriteError`` that names
+    the file and the run's last good checkpoint."""
+    try:
+        writer(path, content)
+    except OSError as err:
+        raise write_failure(what, path, err, out / "checkpoint") from err
 
 
 def train_run(
@@ -114,6 +154,14 @@ def train_run(
 
     Returns:
         The metrics written to ``metrics.json``.
+
+    Raises:
+        RunLocked: another process is running in ``out`` (nothing is touched).
+        RunError: ``out`` holds a run and neither ``resume`` nor ``force`` is given, or
+            it is not a directory.
+        RunWriteError: a file could not be written (disk full, not writable); the
+            message names it and the last good checkpoint, which is left intact.
+        TrainingDiverged, CheckpointError, ValueError: as in ``train.fit``.
     """
     out = Path(out)
     started = time.perf_counter()
@@ -129,41 +177,46 @@ def train_run(
         raise ValueError(f"--batch-size {batch_size} is larger than the training set "
                          f"({len(x_train)} images)")
     settings = fit_settings(model, x_train, batch_size, learning_rate, seed)
-    _claim(out, resume, force)
-    if resume:
-        done = check_resume(out / "checkpoint", settings, epochs)
-        finished = _finished_metrics(out, epochs, iwae_k, len(x_test)) if done == epochs else None
-        if finished is not None:
-            print(f"{out} is already complete ({epochs} epochs, IWAE k={iwae_k}); "
-                  "its stored metrics are returned", file=sys.stderr)
-            return finished
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model": model.config,
-        "training": {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-                     "seed": seed, "optimizer": "adam", "n_train": int(len(x_train)),
-                     "n_test": int(len(x_test)), "iwae_k": iwae_k},
-        "data": {"variant": variant, "test_transform_seed": TEST_SEED,
-                 "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-                 "source": str(source) if source is not None else rule, "found_by": rule},
-        "versions": library_versions(),
-    }
-    io.write_json(out / "config.json", config)  # on resume: states the new epoch total
-    history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
-                  learning_rate=learning_rate, seed=seed, x_test=x_test,
-                  checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
-    history.to_csv(out / "history.csv")
-    metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
-    metrics.update(
-        data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-        epochs=len(history), num_parameters=model.num_parameters,
-        final_train_elbo=history.last.get("train_elbo"),
-        train_seconds=float(sum(r["seconds"] for r in history.rows)),
-        wall_seconds=time.perf_counter() - started,
-        versions=library_versions(), command=command or " ".join(sys.argv),
-    )
-    io.write_json(out / "metrics.json", metrics)
-    return metrics
+    if out.exists() and not out.is_dir():
+        raise RunError(f"{out} exists and is not a directory; choose another --out")
+    with _locked(out):  # held to the end: a second run into `out` is refused at once
+        _claim(out, resume, force)
+        if resume:
+            done = check_resume(out / "checkpoint", settings, epochs)
+            finished = (_finished_metrics(out, epochs, iwae_k, len(x_test))
+                        if done == epochs else None)
+            if finished is not None:
+                print(f"{out} is already complete ({epochs} epochs, IWAE k={iwae_k}); "
+                      "its stored metrics are returned", file=sys.stderr)
+                return finished
+        config = {
+            "model": model.config,
+            "training": {"epochs": epochs, "batch_size": batch_size,
+                         "learning_rate": learning_rate, "seed": seed, "optimizer": "adam",
+                         "n_train": int(len(x_train)), "n_test": int(len(x_test)),
+                         "iwae_k": iwae_k},
+            "data": {"variant": variant, "test_transform_seed": TEST_SEED,
+                     "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+                     "source": str(source) if source is not None else rule, "found_by": rule},
+            "versions": library_versions(),
+        }
+        # on resume: states the new epoch total
+        _write(io.write_json, out / "config.json", config, "the run's configuration", out)
+        history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
+                      learning_rate=learning_rate, seed=seed, x_test=x_test,
+                      checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
+        _write(io.write_csv, out / "history.csv", history.rows, "the training history", out)
+        metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
+        metrics.update(
+            data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+            epochs=len(history), num_parameters=model.num_parameters,
+            final_train_elbo=history.last.get("train_elbo"),
+            train_seconds=float(sum(r["seconds"] for r in history.rows)),
+            wall_seconds=time.perf_counter() - started,
+            versions=library_versions(), command=command or " ".join(sys.argv),
+        )
+        _write(io.write_json, out / "metrics.json", metrics, "the final metrics", out)
+        return metrics
 
 
 def _finished_metrics(out: Path, epochs: int, iwae_k: int, n_test: int) -> dict | None:

@@ -27,13 +27,26 @@ How the loop is made fast on a small CPU
 
 Steps per epoch are ``N // batch_size``: the last incomplete batch of a
 permutation is left out (a different one every epoch).
+
+Faults
+------
+With a ``checkpoint_dir``, ``fit`` holds that directory's lock (``locks.run_lock``)
+and checkpoints every epoch's end: ``history.json`` first (atomically), then the
+checkpoint, which ``CheckpointManager`` records as the latest only once its files
+are complete. A process killed at any moment therefore resumes from its last
+completed epoch with the numbers of an uninterrupted run; a write that fails
+raises ``RunWriteError`` and leaves the last good checkpoint as it was; a NaN
+raises ``TrainingDiverged`` before the bad update is applied or saved.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import numbers
+import re
+import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -45,6 +58,7 @@ from vae_helpers import data as data_lib
 from vae_helpers import io
 from vae_helpers._tf import tf
 from vae_helpers.evaluate import evaluate_elbo, prepare_eval_data
+from vae_helpers.locks import run_lock
 from vae_helpers.progress import progress_bar
 from vae_helpers.seeding import SALT_DATA, SALT_LATENT, SALT_SHUFFLE, stateless_seed
 
@@ -60,6 +74,58 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the directory can be read back."""
+
+
+class RunWriteError(OSError):
+    """A checkpoint or a run file could not be written: the disk is full, a file size
+    limit was reached, the directory is not writable, ...
+
+    Nothing already written is damaged: the message names what failed, where, and
+    the last good checkpoint, from which the run can be resumed once the cause is
+    fixed. ``errno`` is the underlying error number when it is known, ``path``
+    the file or checkpoint that could not be written.
+    """
+
+    def __init__(self, message: str, errno: int | None = None, path=None):
+        super().__init__(message)
+        self.errno = errno
+        self.path = None if path is None else str(path)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def _reason(err: BaseException) -> str:
+    """The cause of a failed write in a few words (``No space left on device``)."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    if isinstance(err, tf.errors.OpError):
+        # e.g. "{{function_node ...}} dir/ckpt-3_temp/part-...; File too large [Op:SaveV2]"
+        text = re.sub(r"\{\{[^}]*\}\}\s*", "", err.message)
+        text = re.sub(r"\s*\[Op:\w+\]\s*$", "", text.strip().splitlines()[0] if text else "")
+        return text.rsplit("; ", 1)[-1] or type(err).__name__
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+_FIXES = "full disk, file size limit, permissions"
+
+
+def write_failure(what: str, path, err: BaseException, checkpoint_dir) -> RunWriteError:
+    """The ``RunWriteError`` for a failed write of ``what`` (at ``path``), stating which
+    checkpoint in ``checkpoint_dir`` is the last good one and how to go on."""
+    latest = None
+    if checkpoint_dir is not None and Path(checkpoint_dir).is_dir():
+        with contextlib.suppress(Exception):  # a directory we cannot read has no checkpoint
+            latest = tf.train.latest_checkpoint(str(checkpoint_dir))
+    if latest:
+        kept = (f"the last good checkpoint ({latest}, epoch {latest.rsplit('-', 1)[1]}) is "
+                f"intact: fix the cause ({_FIXES}) and resume the run (--resume, or "
+                "resume=True)")
+    else:
+        kept = (f"no epoch had been checkpointed yet: fix the cause ({_FIXES}) and start "
+                "the run again")
+    return RunWriteError(f"could not write {what} ({path}): {_reason(err)}; {kept}",
+                         errno=getattr(err, "errno", None), path=path)
 
 
 @dataclass
@@ -271,6 +337,12 @@ def fit(
         ValueError: bad arguments, or a resume with settings (or data) other than the
             checkpoint's, or to fewer epochs than it already has.
         CheckpointError: ``resume`` found checkpoints, but none can be read.
+        RunWriteError: a checkpoint or ``history.json`` could not be written (disk
+            full, file too large, directory not writable). The message names the
+            file and the last good checkpoint, which is left intact: a half-written
+            checkpoint never becomes the latest one.
+        RunLocked: another process is training in ``checkpoint_dir`` (a checkpoint
+            directory is locked while ``fit`` writes into it, see ``locks.run_lock``).
     """
     _check_positive_int("epochs", epochs)
     _check_positive_int("batch_size", batch_size)
@@ -293,23 +365,31 @@ def fit(
     test = None if x_test is None else prepare_eval_data(x_test, variant)
 
     epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-    history = History()
-    manager = None
-    if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
-        manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=2)
-        settings = fit_settings(model, x_train, batch_size, learning_rate, seed, n_samples,
-                                variant)
-        history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epochs,
-                                   epoch_var)
-    start_epoch = int(epoch_var.numpy())
+    with contextlib.ExitStack() as stack:
+        history = History()
+        manager = None
+        if checkpoint_dir is not None:
+            checkpoint_dir = Path(checkpoint_dir)
+            try:  # one process at a time writes checkpoints here
+                stack.enter_context(run_lock(checkpoint_dir))
+            except OSError as err:
+                raise write_failure("the lock file", err.filename or checkpoint_dir, err,
+                                    checkpoint_dir) from err
+            ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
+            manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=2)
+            settings = fit_settings(model, x_train, batch_size, learning_rate, seed, n_samples,
+                                    variant)
+            history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epochs,
+                                       epoch_var)
+            _remove_leftovers(checkpoint_dir)
+        start_epoch = int(epoch_var.numpy())
 
-    bar = None
-    if progress:
-        bar = progress_bar(epochs * steps, "training", "step", initial=start_epoch * steps)
-    try:
+        if progress:
+            bar = progress_bar(epochs * steps, "training", "step", initial=start_epoch * steps)
+            if bar is not None:
+                stack.callback(bar.close)
+        else:
+            bar = None
         for epoch in range(start_epoch, epochs):
             t0 = time.perf_counter()
             perm = trainer.permutation(tf.constant(epoch, tf.int64))
@@ -341,17 +421,63 @@ def fit(
             if manager is not None:
                 # History first: after a crash between the two writes it is one row
                 # ahead of the checkpoint, and resuming truncates it to the checkpoint.
-                io.write_json(checkpoint_dir / "history.json", history.rows)
-                manager.save(checkpoint_number=epoch + 1)
+                _write_json(checkpoint_dir / "history.json", history.rows,
+                            "the training history", checkpoint_dir)
+                _save_checkpoint(manager, checkpoint_dir, epoch + 1)
             if bar is not None and test is not None:
                 bar.set_postfix(epoch=epoch + 1, elbo=f"{row['train_elbo']:.2f}",
                                 test_elbo=f"{row['test_elbo']:.2f}", refresh=True)
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, history)
-    finally:
-        if bar is not None:
-            bar.close()
     return history
+
+
+def _write_json(path: Path, obj, what: str, checkpoint_dir) -> None:
+    try:
+        io.write_json(path, obj)
+    except OSError as err:
+        raise write_failure(what, path, err, checkpoint_dir) from err
+
+
+def _save_checkpoint(manager, checkpoint_dir: Path, number: int) -> None:
+    """``manager.save``; a failed save leaves the previous checkpoint the latest one.
+
+    ``CheckpointManager.save`` writes the new checkpoint's files (data into a
+    temporary directory, then renamed; the index through a temporary file), and
+    only then records it as the latest in the ``checkpoint`` state file (written
+    atomically) and deletes the oldest. A save that fails part-way therefore has
+    recorded and deleted nothing; its unrecorded files are removed here.
+    """
+    try:
+        manager.save(checkpoint_number=number)
+    except (OSError, tf.errors.OpError) as err:
+        _remove_unrecorded(checkpoint_dir, number)
+        raise write_failure(f"the checkpoint of epoch {number}",
+                            checkpoint_dir / f"ckpt-{number}", err, checkpoint_dir) from err
+
+
+def _remove_leftovers(checkpoint_dir: Path) -> None:
+    """Temporary files of saves that were killed or failed (none is ever read back; the
+    directory's lock guarantees that no other process is saving meanwhile)."""
+    for path in checkpoint_dir.glob("ckpt-*_temp"):
+        shutil.rmtree(path, ignore_errors=True)
+    for path in checkpoint_dir.glob("checkpoint.tmp*"):
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _remove_unrecorded(checkpoint_dir: Path, number: int) -> None:
+    """Remove the files of checkpoint ``number`` unless the state file records it."""
+    with contextlib.suppress(Exception):
+        state = tf.train.get_checkpoint_state(str(checkpoint_dir))
+        recorded = set() if state is None else {
+            Path(p).name for p in [state.model_checkpoint_path,
+                                   *state.all_model_checkpoint_paths]}
+        if f"ckpt-{number}" not in recorded:
+            for path in checkpoint_dir.glob(f"ckpt-{number}.*"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+    _remove_leftovers(checkpoint_dir)
 
 
 def _py(v):
@@ -376,7 +502,8 @@ def _start_or_resume(manager, ckpt, checkpoint_dir: Path, settings, resume, epoc
             f"{checkpoint_dir} already holds a checkpoint ({Path(latest).name}); pass "
             "resume=True to continue that run, or give an empty checkpoint_dir")
     if not latest:
-        io.write_json(checkpoint_dir / "fit.json", settings)
+        _write_json(checkpoint_dir / "fit.json", settings, "the training settings",
+                    checkpoint_dir)
         return History()
     check_resume(checkpoint_dir, settings, epochs)
     failures = []
