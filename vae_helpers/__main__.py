@@ -59,6 +59,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out from its last checkpoint")
     t.add_argument("--force", action="store_true", help="replace a run already in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("pipeline", help="run the course notebooks in order with papermill",
+                       description="Execute notebooks/01_math ... in order into --out: the "
+                                   "executed notebooks, their HTML exports, the figures, the "
+                                   "training runs and metrics.json.")
+    p.add_argument("--profile", default="smoke", choices=["smoke", "full"],
+                   help="smoke: every cell on a little data, minutes; full: the committed "
+                        "parameters, the homework's 100 epochs (default smoke)")
+    p.add_argument("--out", required=True, help="run directory to write (e.g. runs/homework)")
+    p.add_argument("-p", "--parameter", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a notebook parameter, e.g. -p epochs=20 (repeatable)")
+    p.add_argument("--timeout", type=positive_int, default=None,
+                   help="seconds allowed per notebook (default: 600 smoke, 3600 full)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep the notebooks an earlier run into --out completed; run the rest")
+    p.add_argument("--force", action="store_true", help="replace what --out holds")
+    p.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+
+    pub = sub.add_parser("publish", help="copy a reference run's notebooks into notebooks/",
+                         description="Copy the executed notebooks of a full-profile pipeline run "
+                                     "made with the committed parameters into notebooks/, "
+                                     "cleaned of run-specific metadata.")
+    pub.add_argument("run", help="the pipeline run directory (e.g. runs/homework)")
     return parser
 
 
@@ -91,6 +114,24 @@ def _train(args) -> int:
     return 0
 
 
+def _pipeline(args) -> int:
+    from vae_helpers.pipeline import parse_parameter, run_pipeline
+
+    overrides = dict(parse_parameter(text) for text in args.parameter)
+    run_pipeline(args.out, args.profile, overrides, force=args.force, resume=args.resume,
+                 timeout=args.timeout, progress=not args.no_progress)
+    return 0
+
+
+def _publish(args) -> int:
+    from vae_helpers.notebook import display_path
+    from vae_helpers.pipeline import publish
+
+    for path in publish(args.run):
+        print(f"published {display_path(path)}")
+    return 0
+
+
 def _resume_hint(args) -> str:
     out = getattr(args, "out", None)
     if out:
@@ -108,13 +149,14 @@ def main(argv=None) -> int:
     args.command_line = " ".join(["python -m vae_helpers", *argv])
     from vae_helpers.data import DataError
     from vae_helpers.locks import RunLocked
+    from vae_helpers.pipeline import PipelineError
     from vae_helpers.runs import RunError
     from vae_helpers.train import CheckpointError, TrainingDiverged
 
     try:
-        return {"train": _train}[args.command](args)
-    except (DataError, RunError, RunLocked, TrainingDiverged, CheckpointError, OSError,
-            ValueError) as err:  # OSError includes train.RunWriteError (disk full, ...)
+        return {"train": _train, "pipeline": _pipeline, "publish": _publish}[args.command](args)
+    except (DataError, RunError, RunLocked, TrainingDiverged, CheckpointError, PipelineError,
+            OSError, ValueError) as err:  # OSError includes train.RunWriteError (disk full, ...)
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
