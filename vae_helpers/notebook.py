@@ -71,8 +71,10 @@ def versions() -> dict:
     return library_versions()
 
 
-def check_versions() -> dict:
+def check_versions() -> None:
     """Print the TensorFlow / TFP versions and whether they are the tested pair.
+
+    Returns nothing, so a notebook cell that ends with it shows only the printed line.
 
     Another release only warns: the notebooks may still work (e.g. on Colab), but
     their printed checks were made with the tested pair.
@@ -89,7 +91,6 @@ def check_versions() -> dict:
                       f"{TESTED_VERSIONS['tensorflow_probability']}.x; results may differ",
                       stacklevel=2)
     print(f"{line} ({'the tested pair' if not untested else 'NOT the tested pair'})")
-    return found
 
 
 def check_close(label: str, value, reference, atol: float = 0.0, rtol: float = 0.0,
