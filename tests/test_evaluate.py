@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from vae_helpers import evaluate
+from vae_helpers._tf import tf
 from vae_helpers.model import VAE
 
 D, P, S2 = 6, 2, 0.1
@@ -89,6 +90,17 @@ def test_iwae_rises_with_k_towards_the_exact_log_likelihood(ppca):
     assert exact - bounds[-1] < 0.1 * (exact - elbo)
 
 
+def test_families_without_standard_normal_noise_are_sampled_by_tfp(ppca, monkeypatch):
+    """The fallback for other variational families: TFP's own sampler, per chunk."""
+    model = VAE(**ppca["model"].config)
+    for mine, theirs in zip(model.variables, ppca["model"].variables, strict=True):
+        mine.assign(theirs)
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"])
+    monkeypatch.setattr(evaluate.dist, "has_standard_normal_noise", lambda q: False)
+    iwae = evaluate.iwae_log_likelihood(model, ppca["x"][:20], k=7, chunk=3, per_example=True)
+    np.testing.assert_allclose(iwae, ppca["log_px"][:20], atol=2e-3)
+
+
 def test_iwae_memory_bound_and_argument_checks(ppca):
     model, x = ppca["model"], ppca["x"][:20]
     a = evaluate.iwae_log_likelihood(model, x, k=64, chunk=8, batch_size=5, seed=3)
@@ -144,3 +156,77 @@ def test_evaluate_reports_all_metrics_on_pixels():
     assert "bits_per_dim_elbo" not in binary
     prepared = evaluate.prepare_eval_data(pixels, "binarized").numpy()
     assert set(np.unique(prepared)) <= {0.0, 1.0}
+
+
+def test_iwae_is_deterministic_and_independent_of_batch_and_chunk_sizes(ppca):
+    """Image n's samples depend on the seed, n and k only; batch and chunk cut up the work."""
+    model, x = ppca["model"], ppca["x"][:30]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"], shift=0.6, var_scale=3.0)
+    ref = evaluate.iwae_log_likelihood(model, x, k=40, per_example=True, seed=5)
+    assert ref.shape == (30,) and ref.dtype == np.float32
+    np.testing.assert_array_equal(
+        evaluate.iwae_log_likelihood(model, x, k=40, per_example=True, seed=5), ref)
+    for batch_size, chunk in ((7, 9), (1, 40)):  # ragged batches and chunks
+        again = evaluate.iwae_log_likelihood(model, x, k=40, batch_size=batch_size, chunk=chunk,
+                                             per_example=True, seed=5)
+        np.testing.assert_allclose(again, ref, rtol=1e-6, atol=1e-5)
+    other = evaluate.iwae_log_likelihood(model, x, k=40, per_example=True, seed=6)
+    assert np.all(other != ref)
+
+
+def test_iwae_is_the_same_eager_and_compiled(ppca):
+    model, x = ppca["model"], ppca["x"][:4]
+    _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"], shift=0.6, var_scale=3.0)
+    compiled = evaluate.iwae_log_likelihood(model, x, k=12, chunk=5, batch_size=3,
+                                            per_example=True)
+    tf.config.run_functions_eagerly(True)
+    try:
+        eager = evaluate.iwae_log_likelihood(model, x, k=12, chunk=5, batch_size=3,
+                                             per_example=True)
+    finally:
+        tf.config.run_functions_eagerly(False)
+    np.testing.assert_allclose(eager, compiled, rtol=1e-5, atol=1e-4)
+
+
+def _relu_decoder_model(hidden, seed=0):
+    """A 2-D VAE whose first decoder layer's switch lines cut through narrow posteriors."""
+    rng = np.random.default_rng(seed)
+    model = VAE(latent_dim=2, hidden_units=hidden, input_dim=D, output_activation="linear")
+    first = model.decoder.layers[0]
+    first.w.assign(rng.normal(size=first.w.shape).astype("float32"))
+    first.b.assign(rng.normal(scale=2.0, size=first.b.shape).astype("float32"))
+    for layer in model.decoder.layers[1:]:
+        layer.w.assign(rng.normal(scale=0.3, size=layer.w.shape).astype("float32"))
+        layer.b.assign(rng.normal(scale=0.1, size=layer.b.shape).astype("float32"))
+    enc = model.encoder.layers[-1]  # posterior sd about 0.08: some lines cross each cloud
+    enc.b.assign(np.r_[np.zeros(2), np.full(2, -5.0)].astype("float32"))
+    return model
+
+
+@pytest.mark.parametrize("hidden", [[64], [48, 16]])
+def test_factored_first_layer_equals_the_plain_decoder(hidden):
+    model = _relu_decoder_model(hidden)
+    layers = model.decoder.layers
+    rng = np.random.default_rng(1)
+    for centre, scale in (((0.3, -0.2), 0.15), ((1.0, 0.5), 0.5), ((0.0, 0.0), 3.0)):
+        z = tf.constant(centre + scale * rng.normal(size=(500, 2)), tf.float32)
+        on, switching = evaluate._split_units(layers[0], z)
+        pre = (z @ layers[0].w + layers[0].b).numpy()
+        off = ~(on.numpy() | switching.numpy())
+        assert np.all(pre[:, on.numpy()] >= 0) and np.all(pre[:, off] <= 0)
+        assert 0 < switching.numpy().sum()           # some units switch, several groups of 4
+        out = evaluate._factored_decoder(layers, z, on, switching, group=4)
+        np.testing.assert_allclose(out.numpy(), model.decoder(z).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_iwae_with_the_factored_decoder_equals_the_plain_one(monkeypatch):
+    model = _relu_decoder_model([64])
+    x = np.random.default_rng(2).normal(size=(6, D)).astype("float32")
+    assert evaluate._factorable(model)
+    z = model.infer(x).sample(300, seed=(1, 2))
+    for i in range(6):  # few enough units switch for the factored path (at most 64 / 4)
+        assert 0 < evaluate._split_units(model.decoder.layers[0], z[:, i])[1].numpy().sum() <= 16
+    factored = evaluate.iwae_log_likelihood(model, x, k=600, chunk=300, per_example=True)
+    monkeypatch.setattr(evaluate, "FACTOR_MIN_CHUNK", 10**9)
+    plain = evaluate.iwae_log_likelihood(model, x, k=600, chunk=300, per_example=True)
+    np.testing.assert_allclose(factored, plain, rtol=1e-5, atol=1e-4)

@@ -17,6 +17,20 @@ TFP's; ``kl_divergence`` uses TFP's analytic KL where one is registered and a
 Monte Carlo estimate :math:`\log q(z) - \log p(z)` at the sampled ``z`` where
 none is.
 
+Fast reparameterized samples
+----------------------------
+TFP's samplers draw their noise with TensorFlow's default stateless algorithm,
+which under XLA on a CPU is ThreeFry, about a hundred times slower than Philox;
+for the importance-weighted bound, with thousands of samples per image, that is
+a real cost. ``standard_normal`` therefore draws the noise itself: Philox bits
+(``alg="philox"`` named explicitly), made uniform on a grid of :math:`2^{-23}`
+and mapped through TFP's standard normal quantile. Philox's bits are the same
+whether the code runs eagerly or compiled, so the noise is too (up to the
+rounding of the quantile function). ``sample_from_noise`` pushes such noise
+through the distribution's own TFP bijector, :math:`z = \mu + L\,\varepsilon`
+for the Gaussian families, which is exactly how TFP samples them; the tests
+compare the draws with TFP's sampler.
+
 The Gaussian likelihood and its bound
 -------------------------------------
 :math:`p(x \mid z) = \mathcal N(x;\ \mathrm{sigmoid}(f(z; w)),\ \Sigma)` with
@@ -250,6 +264,46 @@ def make_posterior(name: str, latent_dim: int):
     if name not in POSTERIORS:
         raise ValueError(f"unknown posterior {name!r}; choose one of {sorted(POSTERIORS)}")
     return POSTERIORS[name](latent_dim)
+
+
+# --------------------------------------------------------------------------- sampling
+def standard_normal(shape, seed) -> tf.Tensor:
+    r"""Independent N(0, 1) draws of ``shape`` (float32) from a stateless ``seed``.
+
+    Philox bits, 23 of each 32, give uniforms :math:`(j + 1/2)\,2^{-23}`, exact in
+    float32 and symmetric about 1/2 in :math:`[2^{-24}, 1 - 2^{-24}]`, mapped
+    through TFP's standard normal quantile; the draws lie within ±5.3. The same
+    seed gives the same numbers eagerly and under XLA (up to the quantile's rounding).
+    """
+    bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None,
+                                       dtype=tf.uint32, alg="philox")
+    top = tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32))
+    u = (tf.cast(top, tf.float32) + 0.5) * 2.0**-23
+    return tfd.Normal(tf.constant(0.0), tf.constant(1.0)).quantile(u)
+
+
+def has_standard_normal_noise(q: tfd.Distribution) -> bool:
+    """Whether ``q`` is TFP's transform of standard normal noise (``sample_from_noise`` applies)."""
+    return isinstance(q, tfd.MultivariateNormalLinearOperator)
+
+
+def sample_from_noise(q: tfd.Distribution, noise: tf.Tensor) -> tf.Tensor:
+    r"""Reparameterized samples of ``q`` from standard normal ``noise``.
+
+    Args:
+        q: a Gaussian family built on a standard normal (``MultivariateNormalDiag``,
+            ``...TriL``, any ``MultivariateNormalLinearOperator``).
+        noise: N(0, I) draws of shape ``[..., *q.batch_shape, *q.event_shape]``,
+            e.g. from ``standard_normal``.
+
+    Returns:
+        ``q.bijector.forward(noise)``, TFP's own map from its base noise to
+        samples (:math:`\mu + L\,\varepsilon`), differentiable in q's parameters.
+    """
+    if not has_standard_normal_noise(q):
+        raise TypeError(f"sample_from_noise needs a Gaussian built on standard normal noise, "
+                        f"got {type(q).__name__}; use q.sample instead")
+    return q.bijector.forward(noise)
 
 
 # --------------------------------------------------------------------------- KL
