@@ -247,6 +247,15 @@ BAD_OPTIONS = [
     (["--n-test=x"], "--n-test"),
     (["--bogus"], "--bogus"),
     (["--epochs"], "--epochs"),  # value missing
+    (["--lr-schedule=step"], "--lr-schedule"),
+    (["--lr-warmup-epochs=-1"], "--lr-warmup-epochs"),
+    (["--lr-warmup-epochs=inf"], "--lr-warmup-epochs"),
+    (["--final-learning-rate=-1e-5"], "--final-learning-rate"),
+    (["--final-learning-rate=nan"], "--final-learning-rate"),
+    (["--lr-decay-epochs=0"], "--lr-decay-epochs"),
+    (["--kl-warmup-epochs=ten"], "--kl-warmup-epochs"),
+    (["--kl-warmup-start=1.5"], "--kl-warmup-start"),
+    (["--kl-warmup-start=-0.1"], "--kl-warmup-start"),
 ]
 
 
@@ -283,6 +292,52 @@ def test_covariance_with_a_non_gaussian_likelihood_is_one_line_exit_1(tmp_path, 
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--covariance" in lines[0] and "gaussian" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+SCHEDULE_CASES = [
+    (["--lr-schedule", "exponential"], "--final-learning-rate"),
+    (["--final-learning-rate", "1e-5"], "--lr-schedule"),
+    (["--lr-schedule", "cosine", "--final-learning-rate", "0.1"], "--learning-rate"),
+    (["--lr-schedule", "cosine", "--epochs", "3", "--lr-warmup-epochs", "3"],
+     "--lr-warmup-epochs"),
+    (["--kl-warmup-start", "0.5"], "--kl-warmup-epochs"),
+]
+
+
+@pytest.mark.parametrize("argv, option", SCHEDULE_CASES,
+                         ids=[" ".join(argv) for argv, _ in SCHEDULE_CASES])
+def test_schedule_options_that_do_not_fit_together_are_one_line_exit_1(argv, option, tmp_path,
+                                                                       capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), *argv])
+    assert code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and option in lines[0], lines
+    assert "_" not in lines[0].split(":", 1)[1], "Python names instead of the options"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], dict(lr_schedule="constant", lr_warmup_epochs=0.0, final_learning_rate=None,
+              lr_decay_epochs=None, kl_warmup_epochs=0.0, kl_warmup_start=0.0)),
+    (["--lr-schedule", "cosine", "--lr-warmup-epochs", "1.5", "--final-learning-rate", "1e-5",
+      "--lr-decay-epochs", "80", "--kl-warmup-epochs", "10", "--kl-warmup-start", "0.2"],
+     dict(lr_schedule="cosine", lr_warmup_epochs=1.5, final_learning_rate=1e-5,
+          lr_decay_epochs=80.0, kl_warmup_epochs=10.0, kl_warmup_start=0.2)),
+], ids=["defaults", "all-set"])
+def test_schedule_options_reach_train_run(argv, expected, tmp_path, monkeypatch, capsys):
+    from vae_helpers import runs
+
+    seen = {}
+
+    def fake_train_run(out, **kwargs):
+        seen.update(kwargs)
+        return {"test_elbo": -1.0, "test_reconstruction": -0.5, "test_kl": 0.5,
+                "iwae_log_likelihood": None, "data_description": "fake"}
+
+    monkeypatch.setattr(runs, "train_run", fake_train_run)
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert {k: seen[k] for k in expected} == expected
+    capsys.readouterr()
 
 
 def test_missing_command_is_one_line_exit_2(capsys):

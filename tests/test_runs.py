@@ -188,6 +188,44 @@ def test_a_refused_resume_changes_nothing(run, fake_mnist):
     assert load_model(out).latent_dim == 2
 
 
+def test_a_resume_with_a_schedule_the_run_did_not_have_is_refused(run, fake_mnist):
+    out, _ = run
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="kl_warmup_epochs"):
+        train_run(out, data_path=fake_mnist, resume=True, **{**TINY, "kl_warmup_epochs": 1})
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train_run(out, data_path=fake_mnist, resume=True,
+                  **{**TINY, "epochs": 2, "lr_schedule": "cosine"})
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_a_scheduled_run_records_its_schedule_and_resumes_with_it(fake_mnist, tmp_path):
+    schedule = dict(lr_schedule="cosine", lr_warmup_epochs=0.5, final_learning_rate=1e-5,
+                    lr_decay_epochs=2, kl_warmup_epochs=1.5, kl_warmup_start=0.1)
+    out = tmp_path / "run"
+    train_run(out, data_path=fake_mnist, **TINY, **schedule)
+    resolved = {**schedule, "lr_decay_epochs": 2.0}
+    training = read_json(out / "config.json")["training"]
+    assert {k: training[k] for k in resolved} == resolved
+    fit_json = read_json(out / "checkpoint" / "fit.json")
+    assert {k: fit_json[k] for k in resolved} == resolved
+    with pytest.raises(ValueError, match="final_learning_rate"):
+        train_run(out, data_path=fake_mnist, resume=True,
+                  **{**TINY, **schedule, "epochs": 2, "final_learning_rate": 0.0})
+    metrics = train_run(out, data_path=fake_mnist, resume=True, **{**TINY, **schedule,
+                                                                  "epochs": 2})
+    assert metrics["epochs"] == 2 and read_json(out / "config.json")["training"]["epochs"] == 2
+    # the default decay horizon is the run's epochs: 1 here, so a resume to 2 is refused
+    short = tmp_path / "short"
+    train_run(short, data_path=fake_mnist, **TINY, lr_schedule="exponential",
+              final_learning_rate=1e-4)
+    assert read_json(short / "config.json")["training"]["lr_decay_epochs"] == 1.0
+    with pytest.raises(ValueError, match="lr_decay_epochs explicitly"):
+        train_run(short, data_path=fake_mnist, resume=True,
+                  **{**TINY, "epochs": 2, "lr_schedule": "exponential",
+                     "final_learning_rate": 1e-4})
+
+
 def test_force_with_settings_that_cannot_train_keeps_the_old_run(run, fake_mnist):
     out, _ = run
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}

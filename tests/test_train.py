@@ -4,6 +4,7 @@ and on writes that fail."""
 import contextlib
 import errno
 import json
+import math
 import os
 import resource
 import signal
@@ -14,7 +15,16 @@ import pytest
 from vae_helpers import evaluate, io
 from vae_helpers._tf import tf
 from vae_helpers.model import VAE
-from vae_helpers.train import HISTORY_FIELDS, RunWriteError, TrainingDiverged, fit
+from vae_helpers.train import (
+    HISTORY_FIELDS,
+    SCHEDULE_DEFAULTS,
+    RunWriteError,
+    TrainingDiverged,
+    fit,
+    kl_weight_at,
+    learning_rate_at,
+    training_schedule,
+)
 
 SMALL = dict(latent_dim=2, hidden_units=[64])
 
@@ -315,3 +325,260 @@ def test_a_history_that_cannot_be_written_stops_before_the_checkpoint(digits, tm
     assert err.value.errno == errno.ENOSPC
     assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "ckpt-1")
     assert [row["epoch"] for row in io.read_json(tmp_path / "history.json")] == [1]
+
+
+# --- learning-rate schedules and KL warm-up --------------------------------------------------
+
+
+def closed_form_lr(t, steps, peak, kind="constant", warmup=0.0, final=None, decay=None):
+    """The learning rate of update t (from 0), written out from the formulas in the docs."""
+    w = warmup * steps
+    if kind == "constant":
+        rate = peak
+    else:
+        p = min(max((t - w) / (decay * steps - w), 0.0), 1.0)
+        if kind == "cosine":
+            rate = final + (peak - final) * (1 + math.cos(math.pi * p)) / 2
+        else:
+            rate = peak * (final / peak) ** p
+    return rate * min(1.0, (t + 1) / w) if w else rate
+
+
+SCHEDULES = [
+    dict(lr_schedule="constant"),
+    dict(lr_schedule="constant", lr_warmup_epochs=2),
+    dict(lr_schedule="cosine"),
+    dict(lr_schedule="cosine", final_learning_rate=1e-5, lr_warmup_epochs=0.5),
+    dict(lr_schedule="exponential", final_learning_rate=1e-4),
+    dict(lr_schedule="exponential", final_learning_rate=1e-5, lr_warmup_epochs=1,
+         lr_decay_epochs=6),
+]
+
+
+@pytest.mark.parametrize("options", SCHEDULES, ids=lambda o: "-".join(map(str, o.values())))
+def test_learning_rate_at_is_the_closed_form(options):
+    epochs, steps, peak = 10, 7, 2e-3
+    schedule = training_schedule(epochs, peak, **options)
+    kind = options["lr_schedule"]
+    final = schedule["final_learning_rate"]
+    decay = schedule["lr_decay_epochs"]
+    for t in [0, 1, 3, 6, 7, 10, 13, 14, 20, 35, 41, 42, 55, 69, 70, 100]:
+        expected = closed_form_lr(t, steps, peak, kind, options.get("lr_warmup_epochs", 0.0),
+                                  final, decay)
+        got = float(learning_rate_at(t, steps, peak, schedule))
+        assert got == pytest.approx(expected, rel=1e-6, abs=1e-12), (t, got, expected)
+    if kind != "constant":  # starts at the peak (after any warm-up), ends at the final rate
+        start = math.ceil(options.get("lr_warmup_epochs", 0.0) * steps)
+        assert float(learning_rate_at(start, steps, peak, schedule)) == pytest.approx(
+            peak, rel=1e-3)
+        assert float(learning_rate_at(decay * steps, steps, peak, schedule)) == pytest.approx(
+            final, rel=1e-6, abs=1e-12)
+        assert float(learning_rate_at(10**6, steps, peak, schedule)) == pytest.approx(
+            final, rel=1e-6, abs=1e-12)
+
+
+def test_cosine_decays_to_zero_by_default_and_the_defaults_are_constant():
+    schedule = training_schedule(5, 1e-3, lr_schedule="cosine")
+    assert schedule["final_learning_rate"] == 0.0 and schedule["lr_decay_epochs"] == 5.0
+    assert float(learning_rate_at(5 * 4, 4, 1e-3, schedule)) == 0.0
+    assert training_schedule(5, 1e-3) == SCHEDULE_DEFAULTS
+    for t in (0, 1, 10**7):
+        assert float(learning_rate_at(t, 4, 1e-3)) == np.float32(1e-3)
+        assert float(kl_weight_at(t, 4)) == 1.0
+
+
+@pytest.mark.parametrize("start", [0.0, 0.25])
+def test_kl_weight_rises_linearly_per_epoch(start):
+    steps, epochs = 9, 4
+    schedule = training_schedule(10, 1e-3, kl_warmup_epochs=epochs, kl_warmup_start=start)
+    for epoch in range(8):  # beta at the first step of each epoch
+        expected = min(1.0, start + (1 - start) * epoch / epochs)
+        assert float(kl_weight_at(epoch * steps, steps, schedule)) == pytest.approx(expected,
+                                                                                  abs=1e-7)
+    mid = float(kl_weight_at(steps // 2 + 2 * steps, steps, schedule))  # within epoch 3
+    assert start + (1 - start) * 2 / epochs < mid < start + (1 - start) * 3 / epochs
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(lr_schedule="step"), "lr_schedule"),
+    (dict(lr_schedule="exponential"), "final_learning_rate"),
+    (dict(lr_schedule="exponential", final_learning_rate=0.0), "final_learning_rate > 0"),
+    (dict(lr_schedule="cosine", final_learning_rate=0.1), "at most learning_rate"),
+    (dict(final_learning_rate=1e-5), "decaying schedule"),
+    (dict(lr_decay_epochs=3), "decaying schedule"),
+    (dict(lr_schedule="cosine", lr_warmup_epochs=2, lr_decay_epochs=2), "larger than"),
+    (dict(lr_schedule="cosine", lr_warmup_epochs=3), "the run's epochs"),
+    (dict(lr_warmup_epochs=-1), "lr_warmup_epochs"),
+    (dict(kl_warmup_epochs=float("nan")), "kl_warmup_epochs"),
+    (dict(kl_warmup_epochs=1, kl_warmup_start=1.5), "between 0 and 1"),
+    (dict(kl_warmup_start=0.5), "kl_warmup_epochs > 0"),
+])
+def test_bad_schedules_are_refused(digits, tmp_path, options, match):
+    with pytest.raises(ValueError, match=match):
+        fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, progress=False,
+            **options)
+    assert not list(tmp_path.iterdir())
+
+
+def _reference_training(x, model, epochs, batch_size, seed, lr, beta):
+    """A plain eager loop with the seeds the module docs name: Adam on the batch mean of
+    reconstruction - beta(t) * KL, at the learning rate lr(t) of update t."""
+    from vae_helpers import data as data_lib
+    from vae_helpers.seeding import SALT_DATA, SALT_LATENT, SALT_SHUFFLE, stateless_seed
+
+    x = tf.constant(x.reshape(len(x), -1))
+    steps = len(x) // batch_size
+    optimizer = tf.keras.optimizers.Adam(lr(0))
+    variables = model.trainable_variables
+    for epoch in range(epochs):
+        keys = tf.random.stateless_uniform(
+            [len(x)], seed=stateless_seed(seed, SALT_SHUFFLE, epoch), alg="philox")
+        order = np.argsort(keys.numpy())[: steps * batch_size].reshape(steps, batch_size)
+        for step in range(steps):
+            t = epoch * steps + step
+            xb = data_lib.prepare(tf.gather(x, order[step]), "binarized",
+                                  stateless_seed(seed, SALT_DATA, epoch, step))
+            with tf.GradientTape() as tape:
+                _, rec, kl = model.elbo_terms(
+                    xb, 1, seed=stateless_seed(seed, SALT_LATENT, epoch, step))
+                loss = -tf.reduce_mean(rec - beta(t) * kl)
+            optimizer.learning_rate = lr(t)
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables,
+                                          strict=True))
+    return _weights(model)
+
+
+def test_the_loop_trains_with_the_scheduled_rate_and_kl_weight(digits):
+    """fit (compiled without XLA, so that its random draws are the eager ones) takes the
+    same steps as a hand-written loop with the closed-form learning rate and beta."""
+    epochs, batch, seed, steps = 2, 32, 4, 4
+    options = dict(lr_schedule="exponential", learning_rate=1e-2, final_learning_rate=1e-3,
+                   lr_warmup_epochs=0.5, kl_warmup_epochs=1.5, kl_warmup_start=0.2)
+    model = VAE(likelihood="bernoulli", seed=seed, **SMALL)
+    fit(model, digits[:128], epochs=epochs, batch_size=batch, seed=seed, progress=False,
+        jit_compile=False, **options)
+    got = _weights(model)
+
+    def lr(t):
+        return closed_form_lr(t, steps, 1e-2, "exponential", 0.5, 1e-3, epochs)
+
+    def beta(t):
+        return min(1.0, 0.2 + 0.8 * t / (1.5 * steps))
+
+    def distance(weights):
+        return max(float(np.max(np.abs(a - b))) for a, b in zip(got, weights, strict=True))
+
+    same = _reference_training(digits[:128], VAE(likelihood="bernoulli", seed=seed, **SMALL),
+                               epochs, batch, seed, lr, beta)
+    plain_beta = _reference_training(digits[:128], VAE(likelihood="bernoulli", seed=seed,
+                                                       **SMALL),
+                                     epochs, batch, seed, lr, lambda t: 1.0)
+    plain_lr = _reference_training(digits[:128], VAE(likelihood="bernoulli", seed=seed,
+                                                     **SMALL),
+                                   epochs, batch, seed, lambda t: 1e-2, beta)
+    for a, b in zip(got, same, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # the comparison can tell: without the KL weight or the schedule the steps differ
+    assert distance(plain_beta) > 100 * max(distance(same), 1e-8)
+    assert distance(plain_lr) > 100 * max(distance(same), 1e-8)
+
+
+def test_the_checkpointed_learning_rate_is_the_scheduled_one(digits, tmp_path):
+    """Adam's learning-rate variable, read back from the checkpoint, holds the rate of the
+    last update; its step counter the number of updates."""
+    kwargs = dict(batch_size=64, learning_rate=3e-3, lr_schedule="cosine", lr_warmup_epochs=1.5,
+                  final_learning_rate=1e-4, lr_decay_epochs=4, progress=False,
+                  checkpoint_dir=tmp_path)
+    steps = 4  # 256 images of 64
+    for epochs in (1, 2, 3):
+        fit(VAE(**SMALL), digits[:256], epochs=epochs, resume=epochs > 1, **kwargs)
+        t = epochs * steps - 1
+        assert tf.train.load_variable(
+            str(tmp_path), "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == t + 1
+        rate = tf.train.load_variable(
+            str(tmp_path), "optimizer/_learning_rate/.ATTRIBUTES/VARIABLE_VALUE")
+        assert rate == pytest.approx(closed_form_lr(t, steps, 3e-3, "cosine", 1.5, 1e-4, 4),
+                                     rel=1e-6)
+
+
+def test_with_kl_warmup_the_history_reports_the_true_elbo(digits):
+    """A frozen model (a learning rate of 1e-30 moves no weight): the recorded ELBO and its
+    terms are the same whatever beta the objective used."""
+    rows = []
+    for options in ({}, dict(kl_warmup_epochs=3, kl_warmup_start=0.0)):
+        h = fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, learning_rate=1e-30,
+                seed=2, progress=False, x_test=digits[-64:], **options)
+        rows.append(h)
+    for name in ("train_elbo", "train_reconstruction", "train_kl", "test_elbo"):
+        np.testing.assert_allclose(rows[0].column(name), rows[1].column(name), rtol=1e-6)
+    h = rows[1]
+    np.testing.assert_allclose(h.column("train_elbo"),
+                               h.column("train_reconstruction") - h.column("train_kl"),
+                               rtol=1e-5)
+
+
+def test_the_new_options_at_their_defaults_change_nothing(digits):
+    explicit = dict(lr_schedule="constant", lr_warmup_epochs=0.0, final_learning_rate=None,
+                    lr_decay_epochs=None, kl_warmup_epochs=0.0, kl_warmup_start=0.0)
+    runs = []
+    for options in ({}, explicit):
+        model = VAE(likelihood="bernoulli", **SMALL)
+        h = fit(model, digits[:256], epochs=2, batch_size=64, seed=1, x_test=digits[-64:],
+                progress=False, **options)
+        runs.append((h, _weights(model)))
+    for name in ("train_elbo", "train_kl", "test_elbo"):
+        np.testing.assert_array_equal(runs[0][0].column(name), runs[1][0].column(name))
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_with_a_schedule_and_warmups_equals_uninterrupted(digits, tmp_path):
+    options = dict(lr_schedule="cosine", learning_rate=3e-3, final_learning_rate=1e-5,
+                   lr_warmup_epochs=0.5, lr_decay_epochs=4, kl_warmup_epochs=3,
+                   kl_warmup_start=0.1)
+    kwargs = dict(batch_size=64, seed=3, x_test=digits[-128:], progress=False, **options)
+    straight = VAE(likelihood="bernoulli", seed=3, **SMALL)
+    h_straight = fit(straight, digits[:512], epochs=4, checkpoint_dir=tmp_path / "a", **kwargs)
+    fit(VAE(likelihood="bernoulli", seed=3, **SMALL), digits[:512], epochs=2,
+        checkpoint_dir=tmp_path / "b", **kwargs)
+    resumed = VAE(likelihood="bernoulli", seed=3, **SMALL)
+    h_resumed = fit(resumed, digits[:512], epochs=4, checkpoint_dir=tmp_path / "b",
+                    resume=True, **kwargs)
+    for a, b in zip(_weights(straight), _weights(resumed), strict=True):
+        np.testing.assert_array_equal(a, b)
+    for name in ("train_elbo", "test_elbo", "train_kl"):
+        np.testing.assert_array_equal(h_straight.column(name), h_resumed.column(name))
+
+
+def test_resume_with_another_schedule_is_refused(digits, tmp_path):
+    kwargs = dict(batch_size=64, progress=False, checkpoint_dir=tmp_path)
+    fit(VAE(**SMALL), digits[:256], epochs=1, lr_schedule="cosine", kl_warmup_epochs=1,
+        **kwargs)
+    with pytest.raises(ValueError, match=r"different settings \(final_learning_rate, "
+                                         r"kl_warmup_epochs, lr_decay_epochs, lr_schedule\);"):
+        fit(VAE(**SMALL), digits[:256], epochs=1, resume=True, **kwargs)
+    # the cosine decays over the epochs asked for: more epochs would change it
+    with pytest.raises(ValueError, match=r"lr_decay_epochs\).*decays over 1 epochs"):
+        fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
+            kl_warmup_epochs=1, **kwargs)
+    # with its horizon given, it trains on past it at the final rate
+    h = fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
+            lr_decay_epochs=1, kl_warmup_epochs=1, **kwargs)
+    assert len(h) == 2
+
+
+def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path):
+    """Its fit.json lacks the schedule keys: it was trained without a schedule."""
+    kwargs = dict(batch_size=64, seed=0, progress=False)
+    fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, **kwargs)
+    settings = io.read_json(tmp_path / "fit.json")
+    assert {k: settings[k] for k in SCHEDULE_DEFAULTS} == SCHEDULE_DEFAULTS
+    io.write_json(tmp_path / "fit.json",
+                  {k: v for k, v in settings.items() if k not in SCHEDULE_DEFAULTS})
+    resumed = fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, resume=True,
+                  **kwargs)
+    straight = fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    np.testing.assert_array_equal(resumed.column("train_elbo"), straight.column("train_elbo"))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
+            lr_schedule="cosine", lr_decay_epochs=3, **kwargs)

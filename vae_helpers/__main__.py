@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 
 from vae_helpers.argtypes import (
@@ -12,6 +14,38 @@ from vae_helpers.argtypes import (
     positive_int_list,
     seed_int,
 )
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number >= 0 (the schedule options of ``train``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
+    return value
+
+
+#: The train options that set the learning-rate schedule and the KL warm-up, by the
+#: name ``train.training_schedule`` gives them in its messages.
+_SCHEDULE_OPTIONS = {
+    "lr_schedule": "--lr-schedule", "lr_warmup_epochs": "--lr-warmup-epochs",
+    "final_learning_rate": "--final-learning-rate", "lr_decay_epochs": "--lr-decay-epochs",
+    "kl_warmup_epochs": "--kl-warmup-epochs", "kl_warmup_start": "--kl-warmup-start",
+    "learning_rate": "--learning-rate",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,6 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per step (default 128)")
     t.add_argument("--learning-rate", type=positive_float, default=1e-3,
                    help="Adam step size (default 0.001)")
+    t.add_argument("--lr-schedule", default="constant",
+                   choices=["constant", "cosine", "exponential"],
+                   help="learning rate over the run: constant, or a cosine or exponential "
+                        "decay from --learning-rate to --final-learning-rate (default "
+                        "constant)")
+    t.add_argument("--lr-warmup-epochs", type=_non_negative_float, default=0.0,
+                   help="epochs (may be fractional) over which the learning rate rises "
+                        "linearly to --learning-rate before the schedule; 0 for none "
+                        "(default 0.0)")
+    t.add_argument("--final-learning-rate", type=_non_negative_float, default=None,
+                   help="the learning rate a decaying --lr-schedule ends at: 0 for cosine "
+                        "unless given, required for exponential")
+    t.add_argument("--lr-decay-epochs", type=positive_float, default=None,
+                   help="the epoch at which the decay ends, warm-up included; when not "
+                        "given, --epochs (give it to be able to --resume to more epochs)")
+    t.add_argument("--kl-warmup-epochs", type=_non_negative_float, default=0.0,
+                   help="KL warm-up: epochs over which the weight of the KL term in the "
+                        "training objective rises linearly to 1; the recorded ELBO is the "
+                        "true one all the same; 0 for none (default 0.0)")
+    t.add_argument("--kl-warmup-start", type=_fraction, default=0.0,
+                   help="the KL weight at the first step of a KL warm-up (default 0.0)")
     t.add_argument("--latent-dim", type=positive_int, default=2, help="P (default 2)")
     t.add_argument("--hidden-units", type=positive_int_list, default=[512],
                    help="hidden layer widths, comma-separated (default 512)")
@@ -87,16 +142,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _train(args) -> int:
     from vae_helpers.runs import train_run
+    from vae_helpers.train import training_schedule
 
     if args.covariance is not None and args.likelihood != "gaussian":
         raise ValueError(f"--covariance applies to the gaussian likelihood only, "
                          f"not to --likelihood {args.likelihood}")
+    schedule = {name: getattr(args, name) for name in _SCHEDULE_OPTIONS
+                if name != "learning_rate"}
+    try:  # checked here to name the command line's options in the message
+        training_schedule(args.epochs, args.learning_rate, **schedule)
+    except ValueError as err:
+        text = re.sub(r"\b(" + "|".join(_SCHEDULE_OPTIONS) + r")\b",
+                      lambda m: _SCHEDULE_OPTIONS[m.group(1)], str(err))
+        raise ValueError(text) from None
     metrics = train_run(
         args.out, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, seed=args.seed, iwae_k=args.iwae_k,
         n_train=args.n_train, n_test=args.n_test, data_path=args.data, resume=args.resume,
         force=args.force, progress=not args.no_progress, command=args.command_line,
-        latent_dim=args.latent_dim,
+        **schedule, latent_dim=args.latent_dim,
         hidden_units=args.hidden_units, likelihood=args.likelihood,
         **({"covariance": args.covariance or "scalar"} if args.likelihood == "gaussian" else {}),
     )

@@ -46,7 +46,14 @@ from vae_helpers.evaluate import TEST_SEED, evaluate
 from vae_helpers.locks import run_lock
 from vae_helpers.model import VAE
 from vae_helpers.seeding import set_seed
-from vae_helpers.train import check_resume, completed_epochs, fit, fit_settings, write_failure
+from vae_helpers.train import (
+    check_resume,
+    completed_epochs,
+    fit,
+    fit_settings,
+    training_schedule,
+    write_failure,
+)
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "checkpoint")
 
@@ -133,6 +140,12 @@ def train_run(
     force: bool = False,
     progress: bool = True,
     command: str | None = None,
+    lr_schedule: str = "constant",
+    lr_warmup_epochs: float = 0.0,
+    final_learning_rate: float | None = None,
+    lr_decay_epochs: float | None = None,
+    kl_warmup_epochs: float = 0.0,
+    kl_warmup_start: float = 0.0,
     **model_options,
 ) -> dict:
     """Train a VAE on MNIST and write a complete run directory.
@@ -149,6 +162,10 @@ def train_run(
         force: replace a run already in ``out``.
         progress: progress bars.
         command: the command line to record in ``metrics.json``.
+        lr_schedule, lr_warmup_epochs, final_learning_rate, lr_decay_epochs,
+        kl_warmup_epochs, kl_warmup_start: the learning-rate schedule and the KL
+            warm-up, as in ``train.fit`` (default: neither); recorded, resolved, in
+            ``config.json``'s ``training``.
         **model_options: ``VAE`` arguments (``latent_dim``, ``hidden_units``,
             ``likelihood``, ``covariance``, ...).
 
@@ -176,7 +193,10 @@ def train_run(
     if len(x_train) < batch_size:
         raise ValueError(f"--batch-size {batch_size} is larger than the training set "
                          f"({len(x_train)} images)")
-    settings = fit_settings(model, x_train, batch_size, learning_rate, seed)
+    schedule = training_schedule(epochs, learning_rate, lr_schedule, lr_warmup_epochs,
+                                 final_learning_rate, lr_decay_epochs, kl_warmup_epochs,
+                                 kl_warmup_start)
+    settings = fit_settings(model, x_train, batch_size, learning_rate, seed, schedule=schedule)
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory; choose another --out")
     with _locked(out):  # held to the end: a second run into `out` is refused at once
@@ -194,7 +214,7 @@ def train_run(
             "training": {"epochs": epochs, "batch_size": batch_size,
                          "learning_rate": learning_rate, "seed": seed, "optimizer": "adam",
                          "n_train": int(len(x_train)), "n_test": int(len(x_test)),
-                         "iwae_k": iwae_k},
+                         "iwae_k": iwae_k, **schedule},
             "data": {"variant": variant, "test_transform_seed": TEST_SEED,
                      "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
                      "source": str(source) if source is not None else rule, "found_by": rule},
@@ -204,7 +224,8 @@ def train_run(
         _write(io.write_json, out / "config.json", config, "the run's configuration", out)
         history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
                       learning_rate=learning_rate, seed=seed, x_test=x_test,
-                      checkpoint_dir=out / "checkpoint", resume=resume, progress=progress)
+                      checkpoint_dir=out / "checkpoint", resume=resume, progress=progress,
+                      **schedule)
         _write(io.write_csv, out / "history.csv", history.rows, "the training history", out)
         metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
         metrics.update(

@@ -28,6 +28,33 @@ How the loop is made fast on a small CPU
 Steps per epoch are ``N // batch_size``: the last incomplete batch of a
 permutation is left out (a different one every epoch).
 
+Learning-rate schedule and KL warm-up
+-------------------------------------
+Both are off by default (a constant learning rate and the plain ELBO, exactly as
+before they existed). Both are closed-form functions of the global step
+``t = epoch * steps_per_epoch + step`` (counting from 0), computed inside the
+compiled loop, so a resumed run follows them exactly as an uninterrupted one:
+
+* ``learning_rate_at``: an optional linear warm-up, ``lr_t = peak * (t + 1) / W``
+  for the first ``W = lr_warmup_epochs * steps_per_epoch`` steps, then the
+  schedule from ``peak`` (``learning_rate``) to ``final_learning_rate`` over the
+  steps up to ``lr_decay_epochs * steps_per_epoch`` (default: the run's
+  ``epochs``), and ``final_learning_rate`` after that. With progress
+  ``p = (t - W) / (T - W)`` clipped to [0, 1]: ``constant`` keeps ``peak``;
+  ``cosine`` gives ``final + (peak - final) * (1 + cos(pi p)) / 2``;
+  ``exponential`` gives ``peak * (final / peak) ** p``. The value is assigned to
+  Adam's learning-rate variable before each step's update.
+* ``kl_weight_at`` (KL warm-up, "beta annealing"): the objective maximised is
+  ``reconstruction - beta_t * KL`` with
+  ``beta_t = min(1, start + (1 - start) * t / (kl_warmup_epochs * steps_per_epoch))``.
+  Only the gradient sees beta: the history's ``train_elbo`` (and its
+  reconstruction and KL terms) is always the true ELBO, beta = 1.
+
+The resolved settings (``training_schedule``) enter ``fit_settings``, so a resume
+with another schedule is refused. A decaying schedule's horizon defaults to the
+``epochs`` asked for, so resuming it to more epochs changes it and is refused too,
+unless ``lr_decay_epochs`` is given explicitly (and kept).
+
 Faults
 ------
 With a ``checkpoint_dir``, ``fit`` holds that directory's lock (``locks.run_lock``)
@@ -165,6 +192,149 @@ def _pixels_tensor(x) -> tf.Tensor:
     return tf.constant(x, tf.float32)
 
 
+#: The learning-rate schedules ``fit`` knows (see the module docs).
+LR_SCHEDULES = ("constant", "cosine", "exponential")
+
+#: The schedule settings of a run that sets none: today's plain training. A run
+#: directory whose ``fit.json`` predates these settings is read with these values.
+SCHEDULE_DEFAULTS = {
+    "lr_schedule": "constant", "lr_warmup_epochs": 0.0, "final_learning_rate": None,
+    "lr_decay_epochs": None, "kl_warmup_epochs": 0.0, "kl_warmup_start": 0.0,
+}
+
+
+def _non_negative(name, value) -> float:
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+            or not math.isfinite(value) or value < 0):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def training_schedule(
+    epochs: float,
+    learning_rate: float,
+    lr_schedule: str = "constant",
+    lr_warmup_epochs: float = 0.0,
+    final_learning_rate: float | None = None,
+    lr_decay_epochs: float | None = None,
+    kl_warmup_epochs: float = 0.0,
+    kl_warmup_start: float = 0.0,
+) -> dict:
+    """Check the schedule settings of a run and resolve their defaults.
+
+    Args:
+        epochs: the run's epochs: the decay horizon unless ``lr_decay_epochs`` is given.
+        learning_rate: the peak learning rate (the constant one without a schedule).
+        lr_schedule: ``"constant"`` (default), ``"cosine"`` or ``"exponential"``.
+        lr_warmup_epochs: epochs (may be fractional) of linear learning-rate warm-up (0: none).
+        final_learning_rate: the rate a decaying schedule ends at: at most
+            ``learning_rate``; default 0 for ``cosine``; required (> 0) for
+            ``exponential``; not allowed with ``constant``.
+        lr_decay_epochs: the epoch at which the decay ends (counted from the run's
+            start, so it includes the warm-up); default ``epochs``. Give it to be
+            able to resume a decaying run to more epochs (at the final rate).
+        kl_warmup_epochs: epochs over which the KL weight beta rises linearly to 1
+            (0: none, beta = 1 throughout).
+        kl_warmup_start: beta at the first step, in [0, 1] (needs ``kl_warmup_epochs``).
+
+    Returns:
+        A dict with the keys of ``SCHEDULE_DEFAULTS``, defaults resolved (numbers as
+        floats), as stored in ``fit.json`` and ``config.json``.
+
+    Raises:
+        ValueError: an unknown schedule, a negative or non-finite number, or a
+            setting that does not apply to the chosen schedule.
+    """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, "
+                         f"got {lr_schedule!r}")
+    peak = float(learning_rate)
+    warmup = _non_negative("lr_warmup_epochs", lr_warmup_epochs)
+    kl_epochs = _non_negative("kl_warmup_epochs", kl_warmup_epochs)
+    kl_start = _non_negative("kl_warmup_start", kl_warmup_start)
+    if kl_start > 1:
+        raise ValueError(f"kl_warmup_start must be between 0 and 1, got {kl_warmup_start!r}")
+    if kl_start and not kl_epochs:
+        raise ValueError("kl_warmup_start needs a KL warm-up (kl_warmup_epochs > 0)")
+    final = decay = None
+    if lr_schedule == "constant":
+        for name, value in (("final_learning_rate", final_learning_rate),
+                            ("lr_decay_epochs", lr_decay_epochs)):
+            if value is not None:
+                raise ValueError(f"{name} applies to a decaying schedule (lr_schedule cosine "
+                                 "or exponential), not to the constant one")
+    else:
+        if final_learning_rate is None and lr_schedule == "exponential":
+            raise ValueError("the exponential schedule needs a final_learning_rate "
+                             "(> 0, at most learning_rate)")
+        final = _non_negative("final_learning_rate",
+                              0.0 if final_learning_rate is None else final_learning_rate)
+        if lr_schedule == "exponential" and final <= 0:
+            raise ValueError(f"the exponential schedule needs final_learning_rate > 0, "
+                             f"got {final_learning_rate!r}")
+        if final > peak:
+            raise ValueError(f"final_learning_rate ({final:g}) must be at most learning_rate "
+                             f"({peak:g}): the schedule decays")
+        decay = _non_negative("lr_decay_epochs", epochs if lr_decay_epochs is None
+                              else lr_decay_epochs)
+        if decay <= warmup:
+            what = ("lr_decay_epochs" if lr_decay_epochs is not None
+                    else "the decay's end (the run's epochs, as lr_decay_epochs is not given)")
+            raise ValueError(f"{what} ({decay:g}) must be larger than lr_warmup_epochs "
+                             f"({warmup:g}): the decay follows the warm-up")
+    return {"lr_schedule": lr_schedule, "lr_warmup_epochs": warmup,
+            "final_learning_rate": final, "lr_decay_epochs": decay,
+            "kl_warmup_epochs": kl_epochs, "kl_warmup_start": kl_start}
+
+
+def _step_tensor(step) -> tf.Tensor:
+    return tf.cast(step, tf.float64)
+
+
+def learning_rate_at(step, steps_per_epoch: int, learning_rate: float,
+                     schedule: dict | None = None) -> tf.Tensor:
+    """The learning rate of the update made at global step ``step`` (from 0).
+
+    ``schedule`` is a ``training_schedule`` result (default: constant). Computed
+    in float64 and returned as a float32 scalar tensor; ``fit`` evaluates exactly
+    this function inside its compiled loop.
+    """
+    schedule = SCHEDULE_DEFAULTS if schedule is None else schedule
+    t = _step_tensor(step)
+    peak = tf.constant(float(learning_rate), tf.float64)
+    warm = float(schedule["lr_warmup_epochs"]) * steps_per_epoch
+    kind = schedule["lr_schedule"]
+    if kind == "constant":
+        rate = peak
+    else:
+        final = tf.constant(float(schedule["final_learning_rate"]), tf.float64)
+        span = float(schedule["lr_decay_epochs"]) * steps_per_epoch - warm
+        progress = tf.clip_by_value((t - warm) / span, 0.0, 1.0)
+        if kind == "cosine":
+            rate = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+        else:  # exponential
+            rate = peak * tf.exp(progress * tf.math.log(final / peak))
+    if warm > 0:
+        rate = rate * tf.minimum((t + 1.0) / warm, 1.0)
+    return tf.cast(rate, tf.float32)
+
+
+def kl_weight_at(step, steps_per_epoch: int, schedule: dict | None = None) -> tf.Tensor:
+    """beta, the weight of the KL term in the objective at global step ``step`` (from 0).
+
+    1 without a KL warm-up; otherwise ``min(1, start + (1 - start) * step / (E * S))``
+    with ``E = kl_warmup_epochs`` and ``S = steps_per_epoch``: ``start`` at the
+    first step, 1 from the first step of epoch ``E`` on. A float32 scalar tensor.
+    """
+    schedule = SCHEDULE_DEFAULTS if schedule is None else schedule
+    epochs = float(schedule["kl_warmup_epochs"])
+    if not epochs:
+        return tf.constant(1.0, tf.float32)
+    start = float(schedule["kl_warmup_start"])
+    beta = start + (1.0 - start) * _step_tensor(step) / (epochs * steps_per_epoch)
+    return tf.cast(tf.minimum(beta, 1.0), tf.float32)
+
+
 def _transform(batch: tf.Tensor, variant: str, seed) -> tf.Tensor:
     if batch.dtype != tf.uint8:  # float data are used as they are
         return batch
@@ -174,12 +344,20 @@ def _transform(batch: tf.Tensor, variant: str, seed) -> tf.Tensor:
 class _Trainer:
     """The compiled pieces of one ``fit`` call."""
 
-    def __init__(self, model, optimizer, x, variant, batch_size, seed, n_samples, jit):
+    def __init__(self, model, optimizer, x, variant, batch_size, seed, n_samples, jit,
+                 learning_rate=None, schedule=None):
         self.model, self.optimizer = model, optimizer
         self.x, self.variant, self.batch_size = x, variant, batch_size
         self.seed, self.n_samples = seed, n_samples
         self.n = int(x.shape[0])
         self.steps_per_epoch = self.n // batch_size
+        # Without a schedule the compiled step is exactly the one of plain training: the
+        # learning-rate variable is never assigned and the loss is the plain ELBO.
+        schedule = SCHEDULE_DEFAULTS if schedule is None else schedule
+        self.learning_rate, self.schedule = learning_rate, schedule
+        self.scheduled_lr = (schedule["lr_schedule"] != "constant"
+                             or schedule["lr_warmup_epochs"] > 0)
+        self.kl_warmup = schedule["kl_warmup_epochs"] > 0
         optimizer.build(model.trainable_variables)
         self.permutation = tf.function(self._permutation, jit_compile=jit)
         self.run_steps = tf.function(self._run_steps, jit_compile=jit)
@@ -197,6 +375,11 @@ class _Trainer:
 
         def body(i, sums, bad_step):
             step = start + i
+            global_step = (tf.cast(epoch, tf.int64) * self.steps_per_epoch
+                           + tf.cast(step, tf.int64))
+            if self.scheduled_lr:  # Adam reads the variable when it applies the update
+                self.optimizer.learning_rate = learning_rate_at(
+                    global_step, self.steps_per_epoch, self.learning_rate, self.schedule)
             # gather, not slice: XLA treats a slice's offset as a compile-time
             # constant and would compile the loop again for every chunk.
             xb = _transform(tf.gather(self.x, tf.gather(perm, step)), self.variant,
@@ -204,7 +387,11 @@ class _Trainer:
             with tf.GradientTape() as tape:
                 elbo, rec, kl = model.elbo_terms(
                     xb, self.n_samples, seed=stateless_seed(self.seed, SALT_LATENT, epoch, step))
-                loss = -tf.reduce_mean(elbo)
+                if self.kl_warmup:  # the objective weighs the KL by beta; elbo stays the ELBO
+                    beta = kl_weight_at(global_step, self.steps_per_epoch, self.schedule)
+                    loss = -tf.reduce_mean(rec - beta * kl)
+                else:
+                    loss = -tf.reduce_mean(elbo)
             grads = tape.gradient(loss, variables)
             finite = tf.math.is_finite(loss)
             for g in grads:
@@ -226,17 +413,20 @@ class _Trainer:
 
 
 def fit_settings(model, x_train, batch_size: int = 128, learning_rate: float = 1e-3,
-                 seed: int = 0, n_samples: int = 1, data_variant: str | None = None) -> dict:
+                 seed: int = 0, n_samples: int = 1, data_variant: str | None = None,
+                 schedule: dict | None = None) -> dict:
     """What a run's checkpoint must agree with to be resumed (stored as ``fit.json``).
 
-    The training data enter as their count and a fingerprint (SHA-256 of the bytes).
+    The training data enter as their count and a fingerprint (SHA-256 of the bytes);
+    ``schedule`` is a ``training_schedule`` result (default: none, ``SCHEDULE_DEFAULTS``).
     """
     x = np.ascontiguousarray(x_train)
     return dict(model=model.config, n_train=int(x.shape[0]),
                 data_sha256=hashlib.sha256(x.tobytes()).hexdigest(),
                 data_variant=data_variant or model.likelihood.data_variant,
                 batch_size=int(batch_size), learning_rate=float(learning_rate), seed=int(seed),
-                n_samples=int(n_samples))
+                n_samples=int(n_samples), **(SCHEDULE_DEFAULTS if schedule is None
+                                             else schedule))
 
 
 def completed_epochs(checkpoint_dir) -> int:
@@ -261,12 +451,19 @@ def check_resume(checkpoint_dir, settings: dict, epochs: int) -> int:
         return 0
     settings_path = checkpoint_dir / "fit.json"
     if settings_path.exists():
-        saved = io.read_json(settings_path)
+        # a fit.json written before the schedule settings existed: trained without them
+        saved = {**SCHEDULE_DEFAULTS, **io.read_json(settings_path)}
         changed = sorted(k for k in settings if saved.get(k) != settings[k])
         if changed:
+            hint = ""
+            if (changed == ["lr_decay_epochs"] and saved.get("lr_decay_epochs") is not None
+                    and settings["lr_decay_epochs"] is not None):
+                hint = (f" (its learning rate decays over {saved['lr_decay_epochs']:g} "
+                        "epochs: to train it longer, give that lr_decay_epochs explicitly)")
             raise ValueError(
                 f"cannot resume {checkpoint_dir}: it was trained with different settings "
-                f"({', '.join(changed)}); resume with the same settings or start a new run")
+                f"({', '.join(changed)}){hint}; resume with the same settings or start a "
+                "new run")
     if epochs < done:
         raise ValueError(f"cannot resume {checkpoint_dir} to {epochs} epochs: it has already "
                          f"trained {done}; ask for at least {done}")
@@ -294,6 +491,12 @@ def fit(
     steps_per_call: int | None = None,
     jit_compile: bool = True,
     on_epoch_end=None,
+    lr_schedule: str = "constant",
+    lr_warmup_epochs: float = 0.0,
+    final_learning_rate: float | None = None,
+    lr_decay_epochs: float | None = None,
+    kl_warmup_epochs: float = 0.0,
+    kl_warmup_start: float = 0.0,
 ) -> History:
     """Train ``model`` by stochastic gradient ascent on the ELBO with Adam.
 
@@ -318,6 +521,11 @@ def fit(
         on_epoch_end: optional ``callback(epoch, history)`` called after each
             epoch's row is recorded and checkpointed (``epoch`` counts from 1),
             e.g. to redraw a learning curve.
+        lr_schedule, lr_warmup_epochs, final_learning_rate, lr_decay_epochs: the
+            learning-rate schedule (default: constant ``learning_rate``, no warm-up);
+            see ``training_schedule`` and ``learning_rate_at``.
+        kl_warmup_epochs, kl_warmup_start: KL warm-up (default: none); see
+            ``kl_weight_at``. The recorded train ELBO is the true ELBO all the same.
 
     Returns:
         The ``History``: per epoch the mean training ELBO, reconstruction and KL
@@ -351,13 +559,17 @@ def fit(
             and learning_rate > 0):
         raise ValueError(f"learning_rate must be a positive number, got {learning_rate!r}")
     learning_rate = float(learning_rate)
+    schedule = training_schedule(epochs, learning_rate, lr_schedule, lr_warmup_epochs,
+                                 final_learning_rate, lr_decay_epochs, kl_warmup_epochs,
+                                 kl_warmup_start)
     variant = data_variant or model.likelihood.data_variant
     x = _pixels_tensor(x_train)
     if x.shape[0] < batch_size:
         raise ValueError(f"batch_size ({batch_size}) is larger than the training set "
                          f"({x.shape[0]} images)")
     optimizer = tf.keras.optimizers.Adam(learning_rate)
-    trainer = _Trainer(model, optimizer, x, variant, batch_size, seed, n_samples, jit_compile)
+    trainer = _Trainer(model, optimizer, x, variant, batch_size, seed, n_samples, jit_compile,
+                       learning_rate, schedule)
     steps = trainer.steps_per_epoch
     chunk = steps_per_call or max(1, math.ceil(steps / 10))
     # The test set is transformed once with the fixed TEST_SEED, whatever the training
@@ -378,7 +590,7 @@ def fit(
             ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)
             manager = tf.train.CheckpointManager(ckpt, str(checkpoint_dir), max_to_keep=2)
             settings = fit_settings(model, x_train, batch_size, learning_rate, seed, n_samples,
-                                    variant)
+                                    variant, schedule)
             history = _start_or_resume(manager, ckpt, checkpoint_dir, settings, resume, epochs,
                                        epoch_var)
             _remove_leftovers(checkpoint_dir)
