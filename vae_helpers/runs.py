@@ -206,8 +206,8 @@ def train_run(
             finished = (_finished_metrics(out, epochs, iwae_k, len(x_test))
                         if done == epochs else None)
             if finished is not None:
-                print(f"{out} is already complete ({epochs} epochs, IWAE k={iwae_k}); "
-                      "its stored metrics are returned", file=sys.stderr)
+                print(f"{out.name}: the run is already complete ({epochs} epochs, "
+                      f"IWAE k={iwae_k}); its stored metrics are returned", file=sys.stderr)
                 return finished
         config = {
             "model": model.config,
