@@ -150,9 +150,11 @@ def _compiled(model, attr, make):
 
 
 def _factorable(model) -> bool:
-    """Whether the decoder is Dense layers starting with a ReLU layer (the homework's is)."""
+    """Whether the decoder is Dense layers starting with a ReLU layer (the homework's is),
+    fed with continuous codes."""
     layers = getattr(model.decoder, "layers", ())
-    return (len(layers) >= 2 and all(isinstance(layer, Dense) for layer in layers)
+    return (getattr(model, "latent_type", "continuous") == "continuous" and len(layers) >= 2
+            and all(isinstance(layer, Dense) for layer in layers)
             and layers[0].activation == "relu")
 
 
@@ -352,7 +354,8 @@ def evaluate(model, x_test, k: int = 5000, seed: int = 0, n_samples: int = 1,
     Returns:
         A dict with ``test_elbo``, ``test_reconstruction``, ``test_kl``,
         ``iwae_k``, ``iwae_log_likelihood``, ``data_variant``, ``n_test``,
-        ``test_transform_seed`` and,
+        ``test_transform_seed``, for models with a small discrete code
+        (``discrete.CategoricalVAE``) ``exact_log_likelihood`` and,
         for densities on dequantized pixels, ``bits_per_dim_elbo`` and
         ``bits_per_dim_iwae``. All in nats per image unless named bits.
     """
@@ -365,6 +368,10 @@ def evaluate(model, x_test, k: int = 5000, seed: int = 0, n_samples: int = 1,
     if k:
         out["iwae_log_likelihood"] = iwae_log_likelihood(model, x, k=k, seed=seed,
                                                          progress=progress)
+    if getattr(model, "enumerable", False):  # a small discrete code: log p(x) itself
+        exact = [model.exact_log_likelihood(x[a:b]).numpy()
+                 for a, b in _batches(int(x.shape[0]), 1000)]
+        out["exact_log_likelihood"] = float(np.concatenate(exact).mean())
     if variant == DEQUANTIZED:
         dims = int(x.shape[1])
         out["bits_per_dim_elbo"] = bits_per_dim(out["test_elbo"], dims)

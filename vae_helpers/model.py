@@ -81,6 +81,23 @@ def _as_units(hidden_units) -> tuple[int, ...]:
     return units
 
 
+def build_model(latent_type: str = "continuous", **options) -> VAE:
+    """The model a ``config`` describes: ``build_model(**model.config)`` rebuilds it.
+
+    Args:
+        latent_type: ``"continuous"`` (``VAE``, the default) or ``"categorical"``
+            (``vae_helpers.discrete.CategoricalVAE``).
+        **options: the constructor arguments of that class.
+    """
+    if latent_type == "continuous":
+        return VAE(**options)
+    if latent_type == "categorical":
+        from vae_helpers.discrete import CategoricalVAE
+
+        return CategoricalVAE(**options)
+    raise ValueError(f"unknown latent_type {latent_type!r}; choose continuous or categorical")
+
+
 class VAE(tf.Module):
     """A VAE with pluggable likelihood, prior and variational family.
 
@@ -90,15 +107,19 @@ class VAE(tf.Module):
             networks (homework: 512; ``()`` gives linear networks).
         likelihood: ``"gaussian"`` (homework: learned Σ, on dequantized pixels),
             ``"bernoulli"`` (on binarized pixels) or ``"continuous_bernoulli"``.
-        prior: name of the prior p(z) (``"normal"``).
-        posterior: name of the variational family q(z|x) (``"normal"``).
+        prior: name of the prior p(z): ``"normal"`` (N(0, I)) or ``"laplace"``.
+        posterior: name of the variational family q(z|x): ``"normal"`` or ``"laplace"``.
         init_stddev: standard deviation of the normal the weights start from (0.01).
         input_dim: D, pixels per image (784).
         covariance: Gaussian likelihood only: ``"scalar"`` σ² or ``"diagonal"`` Σ.
         init_variance: Gaussian likelihood only: the starting σ².
         output_activation: Gaussian likelihood only: ``"sigmoid"`` or ``"linear"`` mean.
+        prior_scale: the Laplace prior's scale τ (the normal prior takes none).
         seed: the seed of the weight initialisation.
     """
+
+    #: continuous codes z in R^P (``vae_helpers.discrete`` has the categorical ones)
+    latent_type = "continuous"
 
     def __init__(
         self,
@@ -112,6 +133,7 @@ class VAE(tf.Module):
         covariance: str = "scalar",
         init_variance: float = 0.1,
         output_activation: str = "sigmoid",
+        prior_scale: float = 1.0,
         seed: int = 0,
         name: str | None = None,
     ):
@@ -134,7 +156,7 @@ class VAE(tf.Module):
             raise ValueError(f"output_activation applies to the gaussian likelihood only, "
                              f"not {likelihood!r}")
         self.likelihood = dist.make_likelihood(likelihood, self.input_dim, **lik_options)
-        self.prior = dist.make_prior(prior, self.latent_dim)
+        self.prior = dist.make_prior(prior, self.latent_dim, prior_scale)
         self.posterior = dist.make_posterior(posterior, self.latent_dim)
         self.encoder = MLP([self.input_dim, *units, self.posterior.num_params], init_stddev,
                            stateless_seed(seed, SALT_INIT, 0), name="encoder")
@@ -144,7 +166,7 @@ class VAE(tf.Module):
             latent_dim=self.latent_dim, hidden_units=list(units), likelihood=likelihood,
             prior=prior, posterior=posterior, init_stddev=self.init_stddev,
             input_dim=self.input_dim, covariance=covariance, init_variance=init_variance,
-            output_activation=output_activation, seed=self.seed,
+            output_activation=output_activation, prior_scale=float(prior_scale), seed=self.seed,
         )
 
     # ------------------------------------------------------------------ the homework API
@@ -181,6 +203,17 @@ class VAE(tf.Module):
         if kl.shape.rank == 2:  # Monte Carlo KL, one value per sample
             kl = tf.reduce_mean(kl, axis=0)
         return reconstruction - kl, reconstruction, kl
+
+    def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
+        """The terms ``(objective, reconstruction, kl)`` that ``train.fit`` ascends.
+
+        For this model they are ``elbo_terms``: the training objective is the
+        ELBO itself. ``epoch`` (the training progress in epochs, a float tensor) is
+        for models whose objective changes during training, such as the relaxed
+        discrete VAE of ``vae_helpers.discrete``; it is not used here.
+        """
+        del epoch
+        return self.elbo_terms(x, n_samples=n_samples, seed=seed)
 
     def compute_elbo(self, x, n_samples: int = 1, seed=None) -> tf.Tensor:
         """The Monte Carlo ELBO of each image in ``x`` (shape ``[B]``, nats)."""

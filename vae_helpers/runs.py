@@ -44,7 +44,7 @@ from vae_helpers import io
 from vae_helpers._tf import tf, tfp
 from vae_helpers.evaluate import TEST_SEED, evaluate
 from vae_helpers.locks import run_lock
-from vae_helpers.model import VAE
+from vae_helpers.model import VAE, build_model
 from vae_helpers.seeding import set_seed
 from vae_helpers.train import (
     check_resume,
@@ -166,7 +166,9 @@ def train_run(
         kl_warmup_epochs, kl_warmup_start: the learning-rate schedule and the KL
             warm-up, as in ``train.fit`` (default: neither); recorded, resolved, in
             ``config.json``'s ``training``.
-        **model_options: ``VAE`` arguments (``latent_dim``, ``hidden_units``,
+        **model_options: ``model.build_model`` arguments: ``latent_type``
+            (``"continuous"`` or ``"categorical"``) and the model's own (``latent_dim``,
+            ``hidden_units``, ``prior``, ``posterior``, ``prior_scale``,
             ``likelihood``, ``covariance``, ...).
 
     Returns:
@@ -187,7 +189,7 @@ def train_run(
     (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
     x_train = x_train[:n_train] if n_train else x_train
     x_test = x_test[:n_test] if n_test else x_test
-    model = VAE(seed=seed, **model_options)
+    model = build_model(seed=seed, **model_options)
     variant = model.likelihood.data_variant
     # Everything that could refuse the run is checked before any file is touched.
     if len(x_train) < batch_size:
@@ -258,7 +260,7 @@ def load_model(run_dir) -> VAE:
     if not config_path.exists():
         raise RunError(f"{run_dir} is not a run directory (no config.json); "
                        "train one with `python -m vae_helpers train --out DIR`")
-    model = VAE.from_config(io.read_json(config_path)["model"])
+    model = build_model(**io.read_json(config_path)["model"])
     latest = tf.train.latest_checkpoint(str(run_dir / "checkpoint"))
     if latest is None:
         raise RunError(f"{run_dir} has no checkpoint; the run did not finish an epoch")

@@ -385,8 +385,9 @@ class _Trainer:
             xb = _transform(tf.gather(self.x, tf.gather(perm, step)), self.variant,
                             stateless_seed(self.seed, SALT_DATA, epoch, step))
             with tf.GradientTape() as tape:
-                elbo, rec, kl = model.elbo_terms(
-                    xb, self.n_samples, seed=stateless_seed(self.seed, SALT_LATENT, epoch, step))
+                elbo, rec, kl = model.training_terms(
+                    xb, self.n_samples, seed=stateless_seed(self.seed, SALT_LATENT, epoch, step),
+                    epoch=tf.cast(global_step, tf.float32) / self.steps_per_epoch)
                 if self.kl_warmup:  # the objective weighs the KL by beta; elbo stays the ELBO
                     beta = kl_weight_at(global_step, self.steps_per_epoch, self.schedule)
                     loss = -tf.reduce_mean(rec - beta * kl)

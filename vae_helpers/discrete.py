@@ -1,0 +1,365 @@
+r"""A VAE with discrete latent variables: M categorical variables with K classes each.
+
+The code of an image is :math:`z = (z_1, \dots, z_M)`, each :math:`z_m` a one-hot
+vector of length K; the decoder reads the M one-hot vectors side by side (an
+``M * K`` input). The prior is uniform, :math:`p(z_m = k) = 1/K`, and the
+amortized posterior is :math:`q(z \mid x) = \prod_m \mathrm{Cat}(z_m;\ \pi_m(x))`
+with the class probabilities :math:`\pi_m(x)` a softmax of the inference network's
+``M * K`` outputs. All of them are TFP distributions (``tfd.OneHotCategorical``,
+``tfd.RelaxedOneHotCategorical``, ``tfd.Independent``).
+
+What changes against continuous z
+---------------------------------
+The continuous VAE used continuity twice. (1) The reparameterization trick
+:math:`z = \mu + \sigma \odot \varepsilon` moves the gradient through the sample;
+a categorical sample is a step function of the probabilities, with gradient zero
+almost everywhere. (2) The KL term came in closed form from the Gaussians. The
+second is easy: against the uniform prior,
+
+.. math::
+
+    \mathrm{KL}(q \,\|\, p) = \sum_m \sum_k \pi_{mk} \log \pi_{mk} + M \log K,
+
+a closed form again (TFP registers the categorical KL). For the first there are
+two ways, both here (``estimator``):
+
+``"exact"``
+    Sum over all :math:`K^M` codes instead of sampling:
+    :math:`\mathbb E_q[\log p(x \mid z)] = \sum_z q(z \mid x) \log p(x \mid z)`.
+    The ELBO and its gradient are then exact, with no sampling noise at all: the
+    gold standard, possible only for small codes (here at most ``MAX_CODES``).
+``"relaxed"``
+    The Gumbel-softmax or Concrete relaxation (Jang, Gu & Poole, 2017; Maddison,
+    Mnih & Teh, 2017): :math:`\tilde z_m = \mathrm{softmax}((\log \pi_m + g_m)/\tau)`
+    with Gumbel noise :math:`g_m`, a reparameterized sample on the simplex that
+    approaches a one-hot sample of :math:`\mathrm{Cat}(\pi_m)` as the temperature
+    :math:`\tau \to 0`. Training ascends
+    :math:`\mathbb E[\log p(x \mid \tilde z)] - \mathrm{KL}(q \,\|\, p)` (the
+    categorical KL above), with :math:`\tau` annealed from
+    ``initial_temperature`` to ``final_temperature`` over ``anneal_epochs``
+    epochs (exponentially, then constant): a biased but low-variance gradient.
+
+Whatever the training estimator, the ELBO this model reports (``elbo_terms``, so
+the test ELBO of ``train.fit`` and ``evaluate``) is the true ELBO of the discrete
+model: exact by enumeration when the code is small enough, else a Monte Carlo
+estimate with one-hot samples of q. For enumerable codes ``exact_log_likelihood``
+gives :math:`\log p(x) = \log \sum_z p(x \mid z)\, p(z)` itself. (The training
+columns of a relaxed model's history hold the relaxed objective, which is not a
+bound on :math:`\log p(x)`.)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from vae_helpers import distributions as dist
+from vae_helpers._tf import tf, tfd
+from vae_helpers.model import INPUT_DIM, MLP, VAE, _as_units
+from vae_helpers.seeding import SALT_INIT, stateless_seed
+
+#: Codes summed over by the exact estimator at most (K ** M).
+MAX_CODES = 1024
+
+ESTIMATORS = ("exact", "relaxed")
+
+
+class UniformCategoricalPrior:
+    """The uniform prior :math:`p(z) = \\prod_m \\mathrm{Cat}(z_m; 1/K, \\dots, 1/K)`.
+
+    One-hot codes, event shape ``[M, K]``.
+    """
+
+    kind = "categorical"
+
+    def __init__(self, num_variables: int, num_classes: int):
+        self.num_variables, self.num_classes = num_variables, num_classes
+
+    def __call__(self) -> tfd.Distribution:
+        logits = tf.zeros([self.num_variables, self.num_classes])
+        return tfd.Independent(tfd.OneHotCategorical(logits=logits, dtype=tf.float32),
+                               reinterpreted_batch_ndims=1)
+
+    def spec(self) -> dict:
+        return {"prior": "uniform categorical"}
+
+
+class CategoricalPosterior:
+    """:math:`q(z \\mid x) = \\prod_m \\mathrm{Cat}(z_m; \\mathrm{softmax}(\\ell_m))`.
+
+    The inference network's ``M * K`` outputs are the logits :math:`\\ell`.
+    """
+
+    kind = "categorical"
+
+    def __init__(self, num_variables: int, num_classes: int):
+        self.num_variables, self.num_classes = num_variables, num_classes
+        self.num_params = num_variables * num_classes
+
+    def logits(self, params: tf.Tensor) -> tf.Tensor:
+        """The network's outputs ``[..., M * K]`` as logits ``[..., M, K]``."""
+        shape = tf.concat([tf.shape(params)[:-1], [self.num_variables, self.num_classes]], 0)
+        return tf.reshape(params, shape)
+
+    def __call__(self, params: tf.Tensor) -> tfd.Distribution:
+        return tfd.Independent(tfd.OneHotCategorical(logits=self.logits(params),
+                                                     dtype=tf.float32),
+                               reinterpreted_batch_ndims=1)
+
+    def relaxed(self, params: tf.Tensor, temperature) -> tfd.Distribution:
+        """The Gumbel-softmax relaxation of ``self(params)`` at ``temperature``."""
+        return tfd.Independent(tfd.RelaxedOneHotCategorical(temperature,
+                                                            logits=self.logits(params)),
+                               reinterpreted_batch_ndims=1)
+
+    def spec(self) -> dict:
+        return {"posterior": self.kind}
+
+
+def all_codes(num_variables: int, num_classes: int) -> np.ndarray:
+    """Every code as one-hot rows: ``[K ** M, M, K]`` float32, in lexicographic order."""
+    eye = np.eye(num_classes, dtype=np.float32)
+    combos = itertools.product(range(num_classes), repeat=num_variables)
+    return np.stack([eye[list(c)] for c in combos])
+
+
+class CategoricalVAE(VAE):
+    """A VAE whose latent code is ``num_variables`` one-hot vectors of ``num_classes`` classes.
+
+    The networks are the homework's (one hidden layer of 512 ReLU units by default,
+    weights from N(0, init_stddev²), zero biases); only the code differs. It trains
+    with ``train.fit`` like ``VAE`` and is evaluated like it (``evaluate.evaluate``).
+
+    Args:
+        num_variables: M, the number of categorical variables.
+        num_classes: K, the classes of each.
+        hidden_units: hidden widths of both networks.
+        likelihood: ``"bernoulli"`` (binarized digits, default), ``"gaussian"`` or
+            ``"continuous_bernoulli"``.
+        estimator: ``"exact"`` (sum over all codes; needs ``K ** M <= MAX_CODES``) or
+            ``"relaxed"`` (Gumbel-softmax with an annealed temperature).
+        initial_temperature, final_temperature, anneal_epochs: the relaxed estimator's
+            temperature, ``initial * (final / initial) ** min(epoch / anneal_epochs, 1)``.
+        init_stddev: standard deviation of the initial weights.
+        input_dim: pixels per image.
+        covariance: Gaussian likelihood only: ``"scalar"`` or ``"diagonal"``.
+        seed: seed of the weight initialisation.
+    """
+
+    latent_type = "categorical"
+
+    def __init__(
+        self,
+        num_variables: int = 1,
+        num_classes: int = 10,
+        hidden_units: int | Sequence[int] = 512,
+        likelihood: str = "bernoulli",
+        estimator: str = "exact",
+        initial_temperature: float = 1.0,
+        final_temperature: float = 0.5,
+        anneal_epochs: float = 10.0,
+        init_stddev: float = 0.01,
+        input_dim: int = INPUT_DIM,
+        covariance: str = "scalar",
+        seed: int = 0,
+        name: str | None = None,
+    ):
+        tf.Module.__init__(self, name=name)
+        for what, value in (("num_variables", num_variables), ("num_classes", num_classes)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, "
+                             f"got {estimator!r}")
+        codes = num_classes ** num_variables
+        if estimator == "exact" and codes > MAX_CODES:
+            raise ValueError(f"the exact estimator sums over all {num_classes}**{num_variables}"
+                             f" = {codes:,} codes, more than {MAX_CODES}: use "
+                             "estimator='relaxed', or fewer variables or classes")
+        temperatures = (initial_temperature, final_temperature)
+        if not all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0
+                   for t in temperatures):
+            raise ValueError(f"temperatures must be positive numbers, got {temperatures}")
+        if final_temperature > initial_temperature:
+            raise ValueError("final_temperature must not exceed initial_temperature: "
+                             "the temperature is annealed downwards")
+        if not (isinstance(anneal_epochs, (int, float)) and anneal_epochs > 0):
+            raise ValueError(f"anneal_epochs must be a positive number, got {anneal_epochs!r}")
+        if not init_stddev > 0:
+            raise ValueError(f"init_stddev must be positive, got {init_stddev!r}")
+        units = _as_units(hidden_units)
+        self.num_variables, self.num_classes = int(num_variables), int(num_classes)
+        self.latent_dim = self.num_variables * self.num_classes  # the decoder's input width
+        self.input_dim = int(input_dim)
+        self.hidden_units = units
+        self.init_stddev = float(init_stddev)
+        self.seed = int(seed)
+        self.estimator = estimator
+        self.initial_temperature = float(initial_temperature)
+        self.final_temperature = float(final_temperature)
+        self.anneal_epochs = float(anneal_epochs)
+        options = {"covariance": covariance} if likelihood == "gaussian" else {}
+        self.likelihood = dist.make_likelihood(likelihood, self.input_dim, **options)
+        self.prior = UniformCategoricalPrior(self.num_variables, self.num_classes)
+        self.posterior = CategoricalPosterior(self.num_variables, self.num_classes)
+        self.encoder = MLP([self.input_dim, *units, self.posterior.num_params], init_stddev,
+                           stateless_seed(seed, SALT_INIT, 0), name="encoder")
+        self.decoder = MLP([self.latent_dim, *units, self.input_dim], init_stddev,
+                           stateless_seed(seed, SALT_INIT, 1), name="decoder")
+        self.enumerable = codes <= MAX_CODES
+        self._config = dict(
+            latent_type=self.latent_type, num_variables=self.num_variables,
+            num_classes=self.num_classes, hidden_units=list(units), likelihood=likelihood,
+            estimator=estimator, initial_temperature=self.initial_temperature,
+            final_temperature=self.final_temperature, anneal_epochs=self.anneal_epochs,
+            init_stddev=self.init_stddev, input_dim=self.input_dim, covariance=covariance,
+            seed=self.seed,
+        )
+
+    @classmethod
+    def from_config(cls, config: dict) -> CategoricalVAE:
+        config = dict(config)
+        config.pop("latent_type", None)
+        return cls(**config)
+
+    # ------------------------------------------------------------------ distributions
+    def generate(self, z) -> tfd.Distribution:
+        """p(x | z) for one-hot codes ``[..., M, K]`` (or relaxed ones on the simplex)."""
+        z = tf.convert_to_tensor(z, tf.float32)
+        flat = tf.reshape(z, tf.concat([tf.shape(z)[:-2], [self.latent_dim]], 0))
+        return self.likelihood(self.decoder(flat))
+
+    def temperature(self, epoch) -> tf.Tensor:
+        """The relaxation's temperature after ``epoch`` epochs of training (a float)."""
+        progress = tf.minimum(tf.cast(epoch, tf.float32) / self.anneal_epochs, 1.0)
+        ratio = self.final_temperature / self.initial_temperature
+        return self.initial_temperature * tf.pow(ratio, progress)
+
+    def codes(self) -> tf.Tensor:
+        """Every code, ``[K ** M, M, K]`` (for enumerable models only)."""
+        if not self.enumerable:
+            raise ValueError(f"{self.num_classes}**{self.num_variables} codes are too many "
+                             "to enumerate")
+        return tf.constant(all_codes(self.num_variables, self.num_classes))
+
+    def _enumerate(self, x):
+        """``log p(x | z)`` and ``log q(z | x)`` for every code z: two ``[C, B]`` tensors."""
+        x = tf.convert_to_tensor(x, tf.float32)
+        codes = self.codes()[:, None]                                         # [C, 1, M, K]
+        return self.generate(codes).log_prob(x), self.infer(x).log_prob(codes)
+
+    # ------------------------------------------------------------------ objectives
+    def elbo_terms(self, x, n_samples: int = 1, seed=None):
+        """The true ELBO of the discrete model and its two terms, each ``[B]``.
+
+        Exact (a sum over all codes, ``n_samples`` and ``seed`` unused) when the
+        code is enumerable; otherwise the reconstruction term is a Monte Carlo
+        estimate with ``n_samples`` one-hot samples of q. The KL is closed form.
+        """
+        x = tf.convert_to_tensor(x, tf.float32)
+        q = self.infer(x)
+        kl = dist.kl_divergence(q, self.prior())
+        if self.enumerable:
+            log_lik, log_q = self._enumerate(x)
+            reconstruction = tf.reduce_sum(tf.exp(log_q) * log_lik, axis=0)
+        else:
+            z = q.sample(n_samples, seed=None if seed is None else stateless_seed(seed))
+            reconstruction = tf.reduce_mean(self.generate(z).log_prob(x), axis=0)
+        return reconstruction - kl, reconstruction, kl
+
+    def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
+        """What ``train.fit`` ascends: the exact ELBO, or the relaxed objective.
+
+        ``epoch`` (training progress in epochs) sets the relaxed estimator's
+        temperature; ``None`` means the start of training.
+        """
+        if self.estimator == "exact":
+            return self.elbo_terms(x, n_samples, seed)
+        x = tf.convert_to_tensor(x, tf.float32)
+        params = self.encoder(x)
+        kl = dist.kl_divergence(self.posterior(params), self.prior())
+        relaxed = self.posterior.relaxed(params, self.temperature(0.0 if epoch is None
+                                                                  else epoch))
+        z = relaxed.sample(n_samples, seed=None if seed is None else stateless_seed(seed))
+        reconstruction = tf.reduce_mean(self.generate(z).log_prob(x), axis=0)
+        return reconstruction - kl, reconstruction, kl
+
+    def exact_log_likelihood(self, x) -> tf.Tensor:
+        """:math:`\\log p(x) = \\log \\sum_z p(x \\mid z) p(z)` of each image ``[B]`` (nats)."""
+        log_lik, _ = self._enumerate(x)
+        return tf.reduce_logsumexp(log_lik, axis=0) - self.num_variables * math.log(
+            self.num_classes)
+
+    # ------------------------------------------------------------------ images
+    def sample(self, n: int, seed=None) -> tf.Tensor:
+        """``n`` images: a code from the uniform prior, then the mean of p(x | z)."""
+        z = self.prior().sample(n, seed=None if seed is None else stateless_seed(seed))
+        return self.generate(z).mean()
+
+    def reconstruct(self, x) -> tf.Tensor:
+        """The mean of p(x | z) at the most probable code of q(z | x)."""
+        return self.generate(self.infer(x).distribution.mode()).mean()
+
+    def assign(self, x) -> np.ndarray:
+        """The most probable class of each variable for each image: ``[B, M]`` ints."""
+        logits = self.posterior.logits(self.encoder(tf.convert_to_tensor(x, tf.float32)))
+        return tf.argmax(logits, axis=-1, output_type=tf.int32).numpy()
+
+    def spec(self) -> dict:
+        return {
+            "input_dim": self.input_dim,
+            "latent_type": self.latent_type,
+            "latent_dim": self.latent_dim,
+            "num_variables": self.num_variables,
+            "num_classes": self.num_classes,
+            "estimator": self.estimator,
+            "hidden_units": list(self.hidden_units),
+            "hidden_activation": "relu",
+            "output_activation": self.likelihood.spec().get("output_activation", "sigmoid"),
+            **self.likelihood.spec(),
+            **self.prior.spec(),
+            **self.posterior.spec(),
+            "init_stddev": self.init_stddev,
+            "num_parameters": self.num_parameters,
+        }
+
+
+# --------------------------------------------------------------------------- clusters
+def contingency_table(labels, clusters, num_labels: int = 10,
+                      num_clusters: int | None = None) -> np.ndarray:
+    """Counts ``[num_labels, num_clusters]``: images of each label in each cluster."""
+    labels = np.asarray(labels, dtype=np.int64).ravel()
+    clusters = np.asarray(clusters, dtype=np.int64).ravel()
+    if labels.shape != clusters.shape:
+        raise ValueError(f"labels and clusters differ in length: {labels.size} vs "
+                         f"{clusters.size}")
+    num_clusters = int(clusters.max()) + 1 if num_clusters is None else num_clusters
+    table = np.zeros((num_labels, num_clusters), dtype=np.int64)
+    np.add.at(table, (labels, clusters), 1)
+    return table
+
+
+def best_match_accuracy(table) -> tuple[float, dict]:
+    """Clustering accuracy under the best one-to-one matching of clusters to labels.
+
+    The matching maximises the images whose cluster is matched to their label
+    (the Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``); clusters
+    left unmatched (more clusters than labels) count as errors.
+
+    Args:
+        table: a ``contingency_table``, labels by clusters.
+
+    Returns:
+        ``(accuracy, {cluster: label})``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    table = np.asarray(table)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    accuracy = float(table[rows, cols].sum() / table.sum())
+    return accuracy, {int(c): int(r) for r, c in zip(rows, cols, strict=True)}
