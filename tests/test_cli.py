@@ -340,6 +340,35 @@ def test_schedule_options_reach_train_run(argv, expected, tmp_path, monkeypatch,
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("argv, expected", [
+    ([], dict(prior="normal", prior_scale=1.0, posterior="normal")),
+    (["--prior", "laplace", "--prior-scale", "0.5", "--posterior", "laplace"],
+     dict(prior="laplace", prior_scale=0.5, posterior="laplace")),
+], ids=["defaults", "laplace"])
+def test_prior_and_posterior_options_reach_train_run(argv, expected, tmp_path, monkeypatch,
+                                                     capsys):
+    from vae_helpers import runs
+
+    seen = {}
+
+    def fake_train_run(out, **kwargs):
+        seen.update(kwargs)
+        return {"test_elbo": 1.0, "test_reconstruction": 1.5, "test_kl": 0.5,
+                "iwae_log_likelihood": None, "data_description": "fake"}
+
+    monkeypatch.setattr(runs, "train_run", fake_train_run)
+    assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 0
+    assert {k: seen[k] for k in expected} == expected
+    capsys.readouterr()
+
+
+def test_prior_scale_with_the_normal_prior_is_one_line_exit_1(tmp_path, capsys):
+    assert main(["train", "--out", str(tmp_path / "run"), "--prior-scale", "2"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--prior-scale applies to the laplace prior only" in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_command_is_one_line_exit_2(capsys):
     with pytest.raises(SystemExit) as info:
         main([])

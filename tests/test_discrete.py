@@ -15,6 +15,7 @@ from vae_helpers.discrete import (
     CategoricalVAE,
     all_codes,
     best_match_accuracy,
+    category_examples,
     contingency_table,
 )
 from vae_helpers.model import build_model
@@ -229,3 +230,35 @@ def test_contingency_table_and_best_match_against_every_permutation():
 def test_bad_arguments_are_clear_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CategoricalVAE(**kwargs)
+
+
+def test_category_examples_put_the_decoded_class_before_the_images_assigned_to_it():
+    model = randomized(CategoricalVAE(num_classes=3, hidden_units=[4], input_dim=5), seed=6)
+    x = (np.random.default_rng(7).uniform(size=(40, 5)) < 0.5).astype(np.float32)
+    images = category_examples(model, x, n_examples=4)
+    assert images.shape == (3 * 5, 5)
+    assigned = model.assign(x)[:, 0]
+    for c in range(3):
+        row = images[c * 5:(c + 1) * 5]
+        np.testing.assert_allclose(row[0], model.decode(np.eye(3, dtype=np.float32)[[c]][None])
+                                   .numpy()[0], rtol=1e-6)
+        members = x[assigned == c][:4]
+        np.testing.assert_array_equal(row[1:1 + len(members)], members)
+        assert np.all(row[1 + len(members):] == 1.0)         # blank tiles fill the row
+
+
+def test_variable_sweeps_change_one_variable_at_a_time(tiny):
+    from vae_helpers.discrete import variable_sweeps
+
+    model, _ = tiny                                           # 2 variables, 3 classes
+    images = variable_sweeps(model, [2, 1])
+    assert images.shape == (2 * 3, 5)
+    eye = np.eye(3, dtype=np.float32)
+    for j in range(2):
+        for c in range(3):
+            classes = [2, 1]
+            classes[j] = c
+            np.testing.assert_allclose(images[j * 3 + c],
+                                       model.decode(eye[classes][None]).numpy()[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="class indices"):
+        variable_sweeps(model, [3, 0])

@@ -180,6 +180,30 @@ def test_import_writes_nothing_to_stderr(import_probes):
         assert completed.stderr == "", completed.stderr
 
 
+RETRACING_PROBE = r"""
+import numpy as np
+from vae_helpers import evaluate
+from vae_helpers.model import VAE
+from vae_helpers._tf import tf
+x = np.random.default_rng(0).uniform(size=(40, 784)).astype("float32")
+for i in range(8):  # a new model (so new compiled functions) and a new shape each time
+    evaluate.evaluate_elbo(VAE(hidden_units=[8]), x[:10 + i])
+tf.get_logger().warning("a warning that must still get through")
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_the_retracing_warning_of_many_models_is_dropped_and_nothing_else(verbose, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "VAE_HELPERS_VERBOSE_TF"}
+    if verbose:
+        env["VAE_HELPERS_VERBOSE_TF"] = "1"
+    done = subprocess.run([sys.executable, "-c", RETRACING_PROBE], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "a warning that must still get through" in done.stderr
+    assert ("triggered tf.function retracing" in done.stderr) is verbose
+
+
 def test_import_covers_every_module(import_probes):
     _, report = import_probes[0]
     expected = {"data", "model", "train", "evaluate", "runs", "distributions", "io", "seeding"}

@@ -81,3 +81,45 @@ def test_check_versions_reports_the_pair_and_warns_for_another(monkeypatch, caps
     with pytest.warns(UserWarning, match="tested with tensorflow 2.21.x"):
         notebook.check_versions()
     assert "NOT the tested pair" in capsys.readouterr().out
+
+
+def test_check_rejects_passes_only_when_the_check_fails(capsys):
+    assert notebook.check_rejects("off by 10%", 1.1, 1.0, rtol=0.01) is None
+    assert notebook.check_rejects("equal", 1.0, 1.0, rtol=0.01) is None
+    assert capsys.readouterr().out.splitlines() == [
+        "PASS  off by 10%: rejected by the same test",
+        "FAIL  equal: rejected by the same test",
+    ]
+
+
+def test_mean_and_se_is_the_sample_mean_and_its_standard_error():
+    import numpy as np
+
+    samples = np.array([[1.0, 2.0], [3.0, 6.0], [5.0, 10.0]])
+    mean, se = notebook.mean_and_se(samples)
+    np.testing.assert_allclose(mean, [3.0, 6.0])
+    np.testing.assert_allclose(se, [2.0 / np.sqrt(3), 4.0 / np.sqrt(3)])   # std (ddof 1) / √n
+
+
+def test_check_prints_a_verdict_for_a_condition(capsys):
+    assert notebook.check("p-value above 0.001", 0.3 > 1e-3) is None
+    notebook.check("rejected", False)
+    assert capsys.readouterr().out.splitlines() == ["PASS  p-value above 0.001",
+                                                    "FAIL  rejected"]
+
+
+def test_homework_run_reads_03s_run_or_trains_a_stand_in(tmp_path, monkeypatch, capsys):
+    from vae_helpers import runs
+
+    calls = []
+    monkeypatch.setattr(runs, "train_run", lambda out, **kw: calls.append((out, kw)))
+    folder, source = notebook.homework_run(tmp_path, fallback_epochs=3, seed=7)
+    assert folder == tmp_path / "homework_stand_in" and source == "a 3-epoch stand-in"
+    assert calls == [(folder, dict(epochs=3, seed=7, iwae_k=100, resume=True,
+                                   command="notebook (stand-in)"))]
+    assert "03_train's run is missing" in capsys.readouterr().out
+    (tmp_path / "homework").mkdir()
+    (tmp_path / "homework" / "metrics.json").write_text("{}")
+    assert notebook.homework_run(tmp_path, fallback_epochs=3) == (tmp_path / "homework",
+                                                                   "03_train")
+    assert len(calls) == 1

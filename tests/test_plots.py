@@ -133,3 +133,38 @@ def test_save_figure_writes_a_png_under_figures(tmp_path):
 def test_save_figure_rejects_names_that_are_not_plain(tmp_path, name):
     with pytest.raises(ValueError, match="plain file name"):
         plots.save_figure(plt.figure(), tmp_path, name)
+
+
+def test_the_scatter_legend_can_be_left_out_for_shared_figures():
+    z = np.random.default_rng(0).normal(size=(50, 2))
+    labels = np.arange(50) % 10
+    fig, axes = plt.subplots(1, 2)
+    plots.plot_latent_scatter(z, labels, ax=axes[0], legend=False)
+    plots.plot_latent_scatter(z, labels, ax=axes[1])
+    assert axes[0].get_legend() is None and len(axes[1].get_legend().texts) == 10
+    plt.close(fig)
+
+
+def test_prior_quantile_grid_of_a_laplace_prior_is_its_inverse_cdf():
+    from vae_helpers.distributions import make_prior
+
+    z1, z2 = plots.prior_quantile_grid(make_prior("laplace", 2, scale=0.5)(), 4)
+    probs = (np.arange(4) + 0.5) / 4
+    # the Laplace(0, b) quantile: b log(2p) below 1/2, -b log(2 - 2p) above
+    expected = np.where(probs < 0.5, 0.5 * np.log(2 * probs), -0.5 * np.log(2 - 2 * probs))
+    np.testing.assert_allclose(z1, expected, rtol=1e-5)
+    np.testing.assert_allclose(z2, expected, rtol=1e-5)
+
+
+def test_plot_contingency_writes_every_nonzero_count_in_its_cell():
+    table = np.array([[5, 0, 1], [0, 7, 0]])
+    fig = plots.plot_contingency(table, title="t")
+    ax = fig.axes[0]
+    written = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+               for t in ax.texts}
+    assert written == {(0, 0): "5", (0, 2): "1", (1, 1): "7"}
+    assert ax.get_xlabel() == "code" and ax.get_ylabel() == "digit"
+    np.testing.assert_array_equal(ax.images[0].get_array(), table)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="2-D"):
+        plots.plot_contingency(np.arange(3))

@@ -100,6 +100,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--covariance", default=None, choices=["scalar", "diagonal"],
                    help="gaussian likelihood only: one learned variance (scalar, used when "
                         "the option is not given) or one per pixel (diagonal)")
+    t.add_argument("--prior", default="normal", choices=["normal", "laplace"],
+                   help="p(z): the standard normal, or independent Laplace(0, --prior-scale) "
+                        "coordinates (default normal)")
+    t.add_argument("--prior-scale", type=positive_float, default=None,
+                   help="laplace prior only: its scale tau (1 when the option is not given)")
+    t.add_argument("--posterior", default="normal", choices=["normal", "laplace"],
+                   help="q(z|x): a diagonal Gaussian or independent Laplace coordinates "
+                        "(default normal)")
     t.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     t.add_argument("--iwae-k", type=non_negative_int, default=5000,
                    help="importance samples for the test log-likelihood; 0 skips it "
@@ -147,6 +155,9 @@ def _train(args) -> int:
     if args.covariance is not None and args.likelihood != "gaussian":
         raise ValueError(f"--covariance applies to the gaussian likelihood only, "
                          f"not to --likelihood {args.likelihood}")
+    if args.prior_scale is not None and args.prior != "laplace":
+        raise ValueError(f"--prior-scale applies to the laplace prior only, "
+                         f"not to --prior {args.prior}")
     schedule = {name: getattr(args, name) for name in _SCHEDULE_OPTIONS
                 if name != "learning_rate"}
     try:  # checked here to name the command line's options in the message
@@ -161,7 +172,8 @@ def _train(args) -> int:
         n_train=args.n_train, n_test=args.n_test, data_path=args.data, resume=args.resume,
         force=args.force, progress=not args.no_progress, command=args.command_line,
         **schedule, latent_dim=args.latent_dim,
-        hidden_units=args.hidden_units, likelihood=args.likelihood,
+        hidden_units=args.hidden_units, likelihood=args.likelihood, prior=args.prior,
+        prior_scale=args.prior_scale or 1.0, posterior=args.posterior,
         **({"covariance": args.covariance or "scalar"} if args.likelihood == "gaussian" else {}),
     )
     lines = [f"run written to {args.out}",

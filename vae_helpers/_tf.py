@@ -11,10 +11,17 @@ While TensorFlow is imported, descriptor 2 is sent to a temporary file; lines
 known to be start-up chatter are dropped and everything else is written back to
 stderr, so a real error is never hidden. Setting ``VAE_HELPERS_VERBOSE_TF=1``
 turns the filter off.
+
+One Python warning is dropped as well: "N out of the last M calls to <function>
+triggered tf.function retracing". The package compiles its training and
+evaluation functions once per model, so a notebook that trains several models
+traces them several times by design, and the warning's advice does not apply.
+The filter sits on the ``tensorflow`` logger and drops that message only.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -70,7 +77,16 @@ def _import_quietly():
                 sys.stderr.write("\n".join(kept) + "\n")
 
 
+class _NoRetracingWarning(logging.Filter):
+    """Drops TensorFlow's "... triggered tf.function retracing" warning (see the module docs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
 _import_quietly()
+if os.environ.get("VAE_HELPERS_VERBOSE_TF") != "1":
+    logging.getLogger("tensorflow").addFilter(_NoRetracingWarning())
 
 import tensorflow as tf  # noqa: E402
 import tensorflow_probability as tfp  # noqa: E402

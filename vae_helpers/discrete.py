@@ -329,6 +329,59 @@ class CategoricalVAE(VAE):
         }
 
 
+# --------------------------------------------------------------------------- pictures
+def category_examples(model: CategoricalVAE, x, n_examples: int = 9,
+                      variable: int = 0) -> np.ndarray:
+    """One row per class of ``variable``: the decoded class, then test images assigned to it.
+
+    Row k starts with the mean of p(x | z) for the code whose ``variable`` is class k
+    (the other variables, if any, at their class 0), followed by the first
+    ``n_examples`` images of ``x`` whose most probable class is k (blank tiles when
+    fewer are assigned to it).
+
+    Returns:
+        ``[K * (1 + n_examples), D]`` pixel values, ready for ``plots.plot_grid``.
+    """
+    x = np.asarray(x, np.float32)
+    k, m = model.num_classes, model.num_variables
+    codes = np.zeros((k, m, k), np.float32)
+    codes[:, :, 0] = 1.0
+    codes[:, variable, :] = np.eye(k, dtype=np.float32)
+    prototypes = np.asarray(model.decode(codes))
+    assigned = model.assign(x)[:, variable]
+    rows = []
+    for c in range(k):
+        members = x[assigned == c][:n_examples]
+        blank = np.ones((n_examples - len(members), x.shape[1]), np.float32)
+        rows.append(np.concatenate([prototypes[c:c + 1], members, blank]))
+    return np.concatenate(rows)
+
+
+def variable_sweeps(model: CategoricalVAE, base_code, variables=None) -> np.ndarray:
+    """What each variable does: row j decodes ``base_code`` with variable j set to each class.
+
+    Args:
+        model: the model.
+        base_code: one code, ``[M]`` class indices (e.g. ``model.assign(x)[0]``).
+        variables: the variables to sweep, one row each (default: all M).
+
+    Returns:
+        ``[len(variables) * K, D]`` mean images, row by row.
+    """
+    base = np.asarray(base_code, np.int64).reshape(-1)
+    k, m = model.num_classes, model.num_variables
+    if base.shape != (m,) or base.min() < 0 or base.max() >= k:
+        raise ValueError(f"base_code must hold {m} class indices in 0..{k - 1}, got {base_code!r}")
+    variables = range(m) if variables is None else variables
+    codes = []
+    for j in variables:
+        for c in range(k):
+            classes = base.copy()
+            classes[j] = c
+            codes.append(np.eye(k, dtype=np.float32)[classes])
+    return np.asarray(model.decode(np.stack(codes)))
+
+
 # --------------------------------------------------------------------------- clusters
 def contingency_table(labels, clusters, num_labels: int = 10,
                       num_clusters: int | None = None) -> np.ndarray:

@@ -4,7 +4,8 @@ A notebook's setup cell seeds (``set_seed``) and calls ``check_versions``; its
 parameters cell names a run directory, which ``resolve_run_dir`` turns into an
 absolute path the same way in Jupyter, under papermill and on Colab;
 ``check_close`` prints one stable ``PASS`` / ``FAIL`` line per comparison, the
-kind of output nbval compares.
+kind of output nbval compares; ``check_rejects`` shows that such a check can fail,
+and ``mean_and_se`` gives a Monte Carlo estimate with its standard error.
 """
 
 from __future__ import annotations
@@ -64,6 +65,31 @@ def display_path(path) -> str:
     return str(path)
 
 
+def homework_run(run_dir, fallback_epochs: int, seed: int = 0,
+                 command: str = "notebook (stand-in)") -> tuple[Path, str]:
+    """The folder of the homework model that ``03_train`` trained into ``run_dir``.
+
+    If ``run_dir/homework`` holds no finished run (``03_train`` was not run into this
+    run directory), a stand-in of the same model is trained for ``fallback_epochs``
+    epochs into ``run_dir/homework_stand_in`` (or read from there if it is complete),
+    and a line says so: figures made from it are not the homework's results.
+
+    Returns:
+        ``(folder, source)``, the run's folder and a few words on where it came from.
+    """
+    from vae_helpers import runs
+
+    folder = Path(run_dir) / "homework"
+    if (folder / "metrics.json").exists():
+        return folder, "03_train"
+    folder = Path(run_dir) / "homework_stand_in"
+    print(f"03_train's run is missing from {display_path(run_dir)}: training a "
+          f"{fallback_epochs}-epoch stand-in; run 03_train for the homework's results")
+    runs.train_run(folder, epochs=fallback_epochs, seed=seed, iwae_k=100, resume=True,
+                   command=command)
+    return folder, f"a {fallback_epochs}-epoch stand-in"
+
+
 def versions() -> dict:
     """The versions of the libraries the notebooks depend on."""
     from vae_helpers.runs import library_versions
@@ -115,3 +141,34 @@ def check_close(label: str, value, reference, atol: float = 0.0, rtol: float = 0
     extra = f" (largest difference {float(diff.max()):.3g})" if verbose else ""
     print(f"{'PASS' if ok else 'FAIL'}  {label}: within {tol}{extra}")
     return ok
+
+
+def check(label: str, condition) -> None:
+    """Print ``PASS`` or ``FAIL  label`` for a yes/no check (e.g. a test's p-value above a level).
+
+    Returns nothing, so a notebook cell that ends with it shows only its line.
+    """
+    print(f"{'PASS' if bool(condition) else 'FAIL'}  {label}")
+
+
+def check_rejects(label: str, value, reference, atol: float = 0.0, rtol: float = 0.0) -> None:
+    """Print ``PASS`` when ``check_close`` with the same tolerance rejects ``value``.
+
+    A check is only worth something if it can fail: feed it a deliberately wrong
+    formula and this prints ``PASS`` when the test notices. Returns nothing, so a
+    notebook cell that ends with it shows only its line.
+    """
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        accepted = check_close(label, value, reference, atol=atol, rtol=rtol)
+    print(f"{'FAIL' if accepted else 'PASS'}  {label}: rejected by the same test")
+
+
+def mean_and_se(samples, axis: int = 0):
+    """The Monte Carlo mean of ``samples`` along ``axis`` and its standard error."""
+    import numpy as np
+
+    samples = np.asarray(samples, dtype=np.float64)
+    return samples.mean(axis=axis), samples.std(axis=axis, ddof=1) / np.sqrt(samples.shape[axis])

@@ -1,4 +1,5 @@
-"""Figures of the course: image grids, the latent scatter, manifold grids, learning curves.
+"""Figures of the course: image grids, the latent scatter, manifold grids, learning curves,
+contingency tables.
 
 Every plotting function returns its ``matplotlib`` figure, so a notebook shows it
 and ``save_figure`` writes it as a PNG into the run directory. Nothing here
@@ -75,13 +76,16 @@ def plot_grids_side_by_side(left, right, left_title: str, right_title: str,
 
 
 def plot_latent_scatter(z, labels, title: str = "Test set in latent space (means of q(z|x))",
-                        ax=None, max_points: int | None = None, seed: int = 0):
+                        ax=None, max_points: int | None = None, seed: int = 0,
+                        legend: bool = True):
     """Scatter 2-D latent codes coloured by digit label, with a legend.
 
     Args:
         z: ``[N, 2]`` codes (the means of q(z|x) for the test images).
         labels: ``[N]`` digit labels 0..9.
         max_points: plot a random subset of this size (all when ``None``).
+        legend: draw the legend of the digits (right of the axes); when several
+            scatters share a figure, draw it beside the last one only.
     """
     z = np.asarray(z, dtype=np.float32)
     labels = np.asarray(labels).astype(int).reshape(-1)
@@ -102,8 +106,9 @@ def plot_latent_scatter(z, labels, title: str = "Test set in latent space (means
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(title)
-    ax.legend(title="digit", markerscale=4, loc="center left", bbox_to_anchor=(1.0, 0.5),
-              frameon=False)
+    if legend:
+        ax.legend(title="digit", markerscale=4, loc="center left", bbox_to_anchor=(1.0, 0.5),
+                  frameon=False)
     fig.tight_layout()
     return fig
 
@@ -172,6 +177,35 @@ def plot_manifold(model, z1_values, z2_values, title: str | None = None, ax=None
     ax.set_yticklabels([f"{v:.2f}" for v in z2_values[::-1][::step]])
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_contingency(table, title: str | None = None, ax=None, row_label: str = "digit",
+                     col_label: str = "code"):
+    """A contingency table as a heat map with the counts written in the cells.
+
+    Args:
+        table: ``[rows, cols]`` counts (``discrete.contingency_table``: digits by codes).
+        title: the axes' title.
+        row_label, col_label: what the rows and columns are.
+    """
+    table = np.asarray(table)
+    if table.ndim != 2:
+        raise ValueError(f"plot_contingency needs a 2-D table, got shape {table.shape}")
+    fig, ax = _figure(ax, (0.55 * table.shape[1] + 1.5, 0.5 * table.shape[0] + 1.0))
+    ax.imshow(table, cmap="Blues", aspect="auto")
+    high = table.max() / 2 if table.size else 0
+    for (i, j), count in np.ndenumerate(table):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > high else "black")
+    ax.set_xticks(range(table.shape[1]))
+    ax.set_yticks(range(table.shape[0]))
+    ax.set_xlabel(col_label)
+    ax.set_ylabel(row_label)
     if title:
         ax.set_title(title)
     fig.tight_layout()
