@@ -13,6 +13,13 @@ and the loss handed to Adam is its negative divided by :math:`N` (the mean
 per-image ELBO): the constant factor changes nothing about where the optimum is,
 and Adam's steps do not depend on it.
 
+The per-image terms come from ``model.training_terms`` (given the training
+progress in epochs): for ``model.VAE`` they are ``elbo_terms``, the ELBO above; a
+model whose objective differs from its ELBO, such as the Gumbel-softmax relaxation
+of ``discrete.CategoricalVAE``, returns its objective there, and the history's
+training columns then hold that objective. The test columns are always the
+model's ``elbo_terms``.
+
 How the loop is made fast on a small CPU
 ----------------------------------------
 * The training images stay in memory as one uint8 tensor. Each epoch draws a
