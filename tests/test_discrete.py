@@ -127,15 +127,40 @@ def test_relaxed_samples_approach_one_hot_vectors_as_the_temperature_falls():
     params = model.encoder(tf.ones([5, 6]))
     distance = []
     for temperature in (5.0, 1.0, 0.5, 0.1, 0.02):
-        z = model.posterior.relaxed(params, temperature).sample(500, seed=(4, 5)).numpy()
+        z = model.posterior.relaxed_sample(params, temperature, 500, seed=(4, 5)).numpy()
         distance.append(np.mean(1.0 - z.max(-1)))                  # 0 for a one-hot vector
     assert all(a > b for a, b in zip(distance, distance[1:], strict=False)), distance
     assert distance[-1] < 0.01 and distance[0] > 0.3
     # at low temperature the argmax frequencies are the categorical probabilities
-    z = model.posterior.relaxed(params, 0.05).sample(20000, seed=(6, 7)).numpy()
+    z = model.posterior.relaxed_sample(params, 0.05, 20000, seed=(6, 7)).numpy()
     freq = np.mean(z == z.max(-1, keepdims=True), axis=0)
     probs = model.infer(tf.ones([5, 6])).distribution.probs_parameter().numpy()
     np.testing.assert_allclose(freq, probs, atol=0.02)
+
+
+@pytest.mark.parametrize("temperature", [2.0, 0.5])
+def test_the_philox_relaxed_sampler_draws_tfps_relaxed_distribution(temperature):
+    from scipy import stats
+
+    model = randomized(CategoricalVAE(num_variables=2, num_classes=4, hidden_units=[8],
+                                      input_dim=6, estimator="relaxed"), seed=8, scale=0.5)
+    params = model.encoder(tf.ones([1, 6]))
+    ours = model.posterior.relaxed_sample(params, temperature, 20000, seed=(3, 4)).numpy()
+    theirs = model.posterior.relaxed(params, temperature).sample(20000, seed=(5, 6)).numpy()
+    assert ours.shape == theirs.shape == (20000, 1, 2, 4)
+    for j in range(2):
+        for k in range(4):
+            result = stats.ks_2samp(ours[:, 0, j, k], theirs[:, 0, j, k])
+            assert result.pvalue > 1e-3, (j, k, result)
+    # its density is TFP's: the log-density of our draws has the distribution of TFP's own
+    relaxed = model.posterior.relaxed(params, temperature)
+    assert stats.ks_2samp(relaxed.log_prob(ours).numpy()[:, 0],
+                          relaxed.log_prob(theirs).numpy()[:, 0]).pvalue > 1e-3
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        z = model.posterior.relaxed_sample(params, temperature, 4, seed=(1, 1))
+        value = tf.reduce_sum(z[..., 0])
+    assert np.any(tape.gradient(value, params).numpy() != 0)      # reparameterized
 
 
 def test_temperature_is_annealed_exponentially_then_held():

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from vae_helpers import distributions as dist
 from vae_helpers._tf import tf, tfd
@@ -261,3 +262,12 @@ def test_sample_from_noise_refuses_families_not_built_on_normal_noise():
     assert not dist.has_standard_normal_noise(q)
     with pytest.raises(TypeError, match="q.sample"):
         dist.sample_from_noise(q, tf.zeros([3, 2]))
+
+
+def test_philox_gumbel_noise_is_standard_gumbel():
+    g = dist.standard_gumbel([50000], seed=(1, 2)).numpy()
+    cdf = tfd.Gumbel(0.0, 1.0).cdf
+    assert stats.kstest(g, lambda v: cdf(v.astype(np.float32)).numpy()).pvalue > 1e-3
+    np.testing.assert_allclose(g.mean(), np.euler_gamma, atol=5 * np.pi / math.sqrt(6 * 50000))
+    u = dist.philox_uniform([100000], seed=(3, 4)).numpy()
+    assert 0.0 < u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.005

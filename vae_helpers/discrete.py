@@ -115,6 +115,19 @@ class CategoricalPosterior:
                                                             logits=self.logits(params)),
                                reinterpreted_batch_ndims=1)
 
+    def relaxed_sample(self, params: tf.Tensor, temperature, n: int, seed) -> tf.Tensor:
+        """``n`` draws of ``relaxed(params, temperature)``: ``[n, ..., M, K]``, reparameterized.
+
+        The map TFP's ``RelaxedOneHotCategorical`` samples with,
+        :math:`\\mathrm{softmax}((\\ell + g) / \\lambda)` with standard Gumbel noise g,
+        applied to noise from ``distributions.standard_gumbel`` (Philox: TFP's own
+        sampler draws with the algorithm that is slow under XLA on a CPU).
+        """
+        logits = self.logits(params)
+        shape = tf.concat([[n], tf.shape(logits)], 0)
+        gumbel = dist.standard_gumbel(shape, seed)
+        return tf.nn.softmax((logits + gumbel) / temperature, axis=-1)
+
     def spec(self) -> dict:
         return {"posterior": self.kind}
 
@@ -283,9 +296,12 @@ class CategoricalVAE(VAE):
         x = tf.convert_to_tensor(x, tf.float32)
         params = self.encoder(x)
         kl = dist.kl_divergence(self.posterior(params), self.prior())
-        relaxed = self.posterior.relaxed(params, self.temperature(0.0 if epoch is None
-                                                                  else epoch))
-        z = relaxed.sample(n_samples, seed=None if seed is None else stateless_seed(seed))
+        temperature = self.temperature(0.0 if epoch is None else epoch)
+        if seed is None:  # as TFP's samplers do without a seed: from the global generator
+            seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+        else:
+            seed = stateless_seed(seed)
+        z = self.posterior.relaxed_sample(params, temperature, n_samples, seed)
         reconstruction = tf.reduce_mean(self.generate(z).log_prob(x), axis=0)
         return reconstruction - kl, reconstruction, kl
 

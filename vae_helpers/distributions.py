@@ -348,19 +348,38 @@ def make_posterior(name: str, latent_dim: int):
 
 
 # --------------------------------------------------------------------------- sampling
-def standard_normal(shape, seed) -> tf.Tensor:
-    r"""Independent N(0, 1) draws of ``shape`` (float32) from a stateless ``seed``.
+def philox_uniform(shape, seed) -> tf.Tensor:
+    r"""Uniform draws in the open interval (0, 1) of ``shape`` (float32), with Philox.
 
-    Philox bits, 23 of each 32, give uniforms :math:`(j + 1/2)\,2^{-23}`, exact in
-    float32 and symmetric about 1/2 in :math:`[2^{-24}, 1 - 2^{-24}]`, mapped
-    through TFP's standard normal quantile; the draws lie within ±5.3. The same
-    seed gives the same numbers eagerly and under XLA (up to the quantile's rounding).
+    Philox bits, 23 of each 32, give :math:`(j + 1/2)\,2^{-23}`, exact in float32 and
+    symmetric about 1/2 in :math:`[2^{-24}, 1 - 2^{-24}]`: never 0 or 1, so every
+    quantile function below is finite. The same seed gives the same numbers eagerly
+    and under XLA.
     """
     bits = tf.random.stateless_uniform(shape, seed=seed, minval=None, maxval=None,
                                        dtype=tf.uint32, alg="philox")
     top = tf.bitwise.right_shift(bits, tf.constant(9, tf.uint32))
-    u = (tf.cast(top, tf.float32) + 0.5) * 2.0**-23
-    return tfd.Normal(tf.constant(0.0), tf.constant(1.0)).quantile(u)
+    return (tf.cast(top, tf.float32) + 0.5) * 2.0**-23
+
+
+def standard_normal(shape, seed) -> tf.Tensor:
+    """Independent N(0, 1) draws of ``shape`` (float32) from a stateless ``seed``.
+
+    ``philox_uniform`` draws mapped through TFP's standard normal quantile; they lie
+    within ±5.3. The same seed gives the same numbers eagerly and under XLA (up to
+    the quantile's rounding).
+    """
+    return tfd.Normal(tf.constant(0.0), tf.constant(1.0)).quantile(philox_uniform(shape, seed))
+
+
+def standard_gumbel(shape, seed) -> tf.Tensor:
+    """Independent standard Gumbel draws, :math:`-\\log(-\\log u)`, of ``shape`` (float32).
+
+    ``philox_uniform`` draws mapped through TFP's Gumbel(0, 1) quantile: the noise of
+    the Gumbel-softmax relaxation (``discrete``), drawn as fast under XLA as the
+    Gaussian noise above.
+    """
+    return tfd.Gumbel(tf.constant(0.0), tf.constant(1.0)).quantile(philox_uniform(shape, seed))
 
 
 def laplace_from_uniform(loc, scale, u) -> tf.Tensor:

@@ -36,7 +36,7 @@ from pathlib import Path
 from vae_helpers import io
 from vae_helpers.locks import LOCK_NAME, run_lock
 
-STAGES = ("01_math", "02_build", "03_train", "04_analysis")
+STAGES = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
 KERNEL = "python3"
 STATE_FILE = "pipeline.json"
 RUN_DIR_PARAMETER = "run_dir"
