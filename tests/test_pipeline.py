@@ -237,3 +237,21 @@ def test_a_second_pipeline_into_the_same_directory_is_refused(notebooks, tmp_pat
         holder.wait()
     run(out, profile="smoke")  # the lock died with its holder
     assert (out / "02_two.ipynb").exists()
+
+
+def test_pipeline_json_records_the_peak_memory_of_the_notebook_processes(tmp_path,
+                                                                       monkeypatch):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    # the kernel holds 400 MB of touched memory: its peak must show up
+    make_notebook(folder / "01_big.ipynb", 'run_dir = "runs/x"\n',
+                  "import numpy as np\nblock = np.ones(50_000_000)\nprint(block.sum())")
+    monkeypatch.setattr(pipeline, "STAGES", ("01_big",))
+    monkeypatch.setattr(pipeline, "notebook_dir", lambda: folder)
+    lines = []
+    state = pipeline.run_pipeline(tmp_path / "out", stages=pipeline.STAGES, progress=False,
+                                  log=lines.append)
+    stored = json.loads((tmp_path / "out" / "pipeline.json").read_text())
+    assert stored["peak_memory_mb"] == state["peak_memory_mb"]
+    assert stored["stages"]["01_big"]["peak_memory_mb"] >= 400
+    assert f"peak memory {state['peak_memory_mb']:,.0f} MB" in lines[-1]

@@ -13,7 +13,8 @@ working directory, a time limit per notebook), and leaves in the run directory
 ``figures/*.png``, ``metrics.json``, training runs
     what the notebooks write;
 ``pipeline.json``
-    the profile, every stage's parameters, status and time, the versions.
+    the profile, every stage's parameters, status, time and the peak resident memory
+    of the notebook processes up to it (``peak_memory_mb``), the versions.
 
 Profiles: ``full`` runs the notebooks with the values committed in their
 parameters cells (the reference run); ``smoke`` runs every cell on a few
@@ -36,7 +37,7 @@ from pathlib import Path
 from vae_helpers import io
 from vae_helpers.locks import LOCK_NAME, run_lock
 
-STAGES = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
+STAGES = ("01_math", "02_build", "03_train", "04_analysis")
 KERNEL = "python3"
 STATE_FILE = "pipeline.json"
 RUN_DIR_PARAMETER = "run_dir"
@@ -195,6 +196,7 @@ def _run_stages(out: Path, profile: str, steps, state: dict, timeout: int, progr
         error = _execute(folder / f"{stage}.ipynb", out / f"{stage}.ipynb", params, timeout,
                          progress)
         record["seconds"] = round(time.perf_counter() - started, 1)
+        record["peak_memory_mb"] = state["peak_memory_mb"] = _peak_memory_mb()
         _export_html(out / f"{stage}.ipynb")
         if error is not None:
             record.update(status="failed", error=error)
@@ -207,8 +209,20 @@ def _run_stages(out: Path, profile: str, steps, state: dict, timeout: int, progr
         log(f"{head}: done in {record['seconds']:.0f} s")
     state["seconds"] = round(sum(s["seconds"] or 0 for s in state["stages"].values()), 1)
     io.write_json(out / STATE_FILE, state)
-    log(f"pipeline '{profile}' finished in {state['seconds']:.0f} s: {out}")
+    peak = f", peak memory {state['peak_memory_mb']:,.0f} MB" if "peak_memory_mb" in state else ""
+    log(f"pipeline '{profile}' finished in {state['seconds']:.0f} s{peak}: {out}")
     return state
+
+
+def _peak_memory_mb() -> float:
+    """The largest resident memory of any finished notebook process so far, in MB.
+
+    Each stage's process (papermill and its kernel, which it waits for) is waited
+    for by this one, so ``RUSAGE_CHILDREN`` holds the peak of the largest of them.
+    """
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
 def _claim(out: Path, profile: str, steps, force: bool, resume: bool) -> dict:
