@@ -113,6 +113,28 @@ def test_iwae_of_a_discrete_model_climbs_to_the_exact_log_likelihood(tiny):
     np.testing.assert_allclose(iwae_4000, exact, atol=0.02)
 
 
+def test_the_multinomial_iwae_shortcut_is_the_same_estimator_as_sampling(tiny):
+    _, x = tiny
+    model = randomized(CategoricalVAE(**TINY), seed=1, scale=0.5)
+    runs_ = 40
+
+    def estimates():
+        return np.array([evaluate.iwae_log_likelihood(model, x, k=20, per_example=True, seed=s)
+                         for s in range(runs_)])
+
+    fast = estimates()
+    model.enumerable = False        # now evaluate draws k one-hot samples of q, one by one
+    slow = estimates()
+    model.enumerable = True
+    se = np.sqrt((fast.var(0, ddof=1) + slow.var(0, ddof=1)) / runs_)
+    assert np.all(np.abs(fast.mean(0) - slow.mean(0)) < 5 * se + 1e-4), (fast.mean(0),
+                                                                          slow.mean(0), se)
+    np.testing.assert_allclose(fast.std(0), slow.std(0), rtol=0.5)   # the same spread too
+    # a lower bound in expectation
+    fast_se = fast.std(0, ddof=1) / np.sqrt(runs_)
+    assert np.all(fast.mean(0) <= model.exact_log_likelihood(x).numpy() + 5 * fast_se)
+
+
 @pytest.mark.parametrize("temperature", [5.0, 1.0, 0.3, 0.05])
 def test_relaxed_samples_lie_on_the_simplex(temperature):
     logits = tf.constant([[2.0, 0.0, -1.0, 0.5]])
