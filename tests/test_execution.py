@@ -11,7 +11,7 @@ import nbformat
 import psutil
 from nbformat.v4 import new_code_cell, new_notebook
 
-from vae_helpers import execution
+from vae_helpers import execution, watchdog
 
 
 def notebook(path, *cells):
@@ -87,3 +87,26 @@ def test_files_larger_than_the_limit_cannot_be_written(tmp_path):
                                      limits=execution.Limits(timeout=120, file_bytes=2**20))
     assert outcome.status == "error" and "File too large" in outcome.message
     assert (tmp_path / "big").stat().st_size == 2**20
+
+
+def test_a_notebook_filling_its_directory_is_killed_at_the_disk_cap(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    source = notebook(tmp_path / "n.ipynb",
+                      "import time\nfor i in range(2000):\n"
+                      "    open(f'f{i}', 'wb').write(b'x' * 2**20)\n    time.sleep(0.01)")
+    outcome = execution.run_notebook(source, tmp_path / "out.ipynb", {}, cwd=work,
+                                     limits=execution.Limits(timeout=120, disk_mb=20))
+    assert outcome.status == "disk"
+    assert outcome.message.startswith("wrote more than the disk cap of 20 MB (or 100,000 files)")
+    assert 20 < len(list(work.iterdir())) < 2000
+
+
+def test_disk_usage_counts_allocated_bytes_and_stops_at_too_many_files(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "data").write_bytes(b"x" * 100_000)
+    (tmp_path / "sparse").open("wb").truncate(10**9)  # a gigabyte of nothing on disk
+    (tmp_path / "link").symlink_to("/usr")
+    used = watchdog.disk_usage(tmp_path)
+    assert 100_000 <= used < 200_000
+    assert watchdog.disk_usage(tmp_path, max_files=3) is None

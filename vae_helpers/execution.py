@@ -7,26 +7,25 @@ and enforces what the child cannot be trusted to enforce on itself:
 
 * a wall-clock time limit: the child's whole process tree is killed when it is
   exceeded (papermill's per-cell timeout is set to the same value);
-* a memory cap: a watchdog sums the resident memory of the process tree a few
-  times per second and kills it when the sum goes over the cap;
-* bounded logs: with ``log_limit`` the child's stdout and stderr (and so the
+* a memory cap and a disk cap: ``vae_helpers.watchdog`` samples the resident
+  memory of the process tree and the size of the working directory, and kills
+  the tree when either goes over its cap;
+* bounded logs: with a ``log`` file, the child's stdout and stderr (and so the
   kernel's own, which it inherits) go through a pipe of which only the first
-  ``log_limit`` bytes are kept.
+  ``Limits.log_bytes`` are kept.
 
-In the child, an ``output_limit`` caps what the executed notebook keeps of the
-outputs (streams, images, errors): once the notebook's outputs reach it, further
-outputs are dropped and the cell shows ``[output truncated ...]``; a
-``file_limit`` caps the size of any one file the notebook writes (RLIMIT_FSIZE).
-``allow_errors`` lets the cells after a failing one run too (the failure is
-still reported). The pipeline runs its stages through here, and so does the
-grader, with all limits set.
+In the child, ``Limits.output_bytes`` caps what the executed notebook keeps of
+its outputs (streams, images, errors): beyond it, further outputs are dropped and
+the cell shows ``[output truncated ...]``; ``Limits.file_bytes`` caps the size of
+any one file the notebook writes (RLIMIT_FSIZE). ``allow_errors`` lets the cells
+after a failing one run too (the failure is still reported). The pipeline runs
+its stages through here, and so does the grader, with all limits set.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_helpers import io
+from vae_helpers.watchdog import MAX_FILES, Watchdog, kill_tree
 
 KERNEL = "python3"
 TRUNCATED_NOTE = "[output truncated: the notebook's outputs reached {limit}; the rest is dropped]"
@@ -54,6 +54,7 @@ class Limits:
         grace: extra seconds before the process tree is killed, so that a cell that
             times out is reported by papermill, naming the cell.
         memory_mb: cap on the resident memory of the whole process tree.
+        disk_mb: cap on what the working directory may hold.
         output_bytes: what the executed notebook keeps of all its outputs.
         file_bytes: the largest file the notebook may write.
         log_bytes: what is kept of the processes' own stdout and stderr.
@@ -62,6 +63,7 @@ class Limits:
     timeout: float
     grace: float = 0.0
     memory_mb: float | None = None
+    disk_mb: float | None = None
     output_bytes: int | None = None
     file_bytes: int | None = None
     log_bytes: int | None = None
@@ -72,8 +74,9 @@ class Outcome:
     """How the execution of one notebook ended.
 
     Attributes:
-        status: ``ok``, ``error`` (a cell raised), ``timeout``, ``memory`` (over the
-            cap, killed) or ``crashed`` (the executing process died without a report).
+        status: ``ok``, ``error`` (a cell raised), ``timeout``, ``memory`` or ``disk``
+            (over the cap, killed) or ``crashed`` (the executing process died without
+            a report).
         message: one line saying what happened (``None`` when ``ok``).
         cell_errors: one line per cell that raised: ``In [N]: Name: message``, N the
             cell's execution count.
@@ -130,17 +133,17 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
         drain = threading.Thread(target=_drain, args=(child.stdout, Path(log), limits.log_bytes),
                                  daemon=True)
         drain.start()
-    watch = _Watchdog(child, limits.memory_mb)
+    watch = Watchdog(child, limits.memory_mb, (cwd, limits.disk_mb))
     try:
         code = child.wait(timeout=limits.timeout + limits.grace)
         killed = watch.stop()
     except subprocess.TimeoutExpired:
         watch.stop()
-        _kill_tree(child)
+        kill_tree(child)
         killed = "timeout"
     except BaseException:
         watch.stop()
-        _kill_tree(child)
+        kill_tree(child)
         raise
     finally:
         if drain is not None:
@@ -158,6 +161,10 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
         outcome.status = "memory"
         outcome.message = (f"used more than the memory cap of {limits.memory_mb:g} MB "
                            "and was stopped")
+    elif killed == "disk":
+        outcome.status = "disk"
+        outcome.message = (f"wrote more than the disk cap of {limits.disk_mb:g} MB (or "
+                           f"{MAX_FILES:,} files) into its working directory and was stopped")
     elif report.get("error") and "timed out while it was being executed" in report["error"]:
         outcome.status = "timeout"
         outcome.message = f"did not finish within its time limit of {limits.timeout:g} s"
@@ -201,72 +208,6 @@ def _drain(stream, path: Path, limit: int | None) -> None:
         if dropped:
             out.write(f"\n[log truncated: {dropped} more bytes were dropped]\n".encode())
     stream.close()
-
-
-class _Watchdog:
-    """Samples the resident memory of a process tree; kills the tree over ``cap_mb``."""
-
-    def __init__(self, child: subprocess.Popen, cap_mb: float | None, interval: float = 0.2):
-        self.child, self.cap_mb, self.interval = child, cap_mb, interval
-        self.peak_mb = 0.0
-        self.killed = None
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.child.pid)
-        except psutil.Error:
-            return
-        while not self._done.wait(self.interval):
-            total = 0
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.Error:
-                return
-            for proc in procs:
-                try:
-                    total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak_mb = max(self.peak_mb, total / 2**20)
-            if self.cap_mb is not None and total > self.cap_mb * 2**20:
-                self.killed = "memory"
-                _kill_tree(self.child)
-                return
-
-    def stop(self) -> str | None:
-        self._done.set()
-        self._thread.join()
-        return self.killed
-
-
-def _kill_tree(child: subprocess.Popen) -> None:
-    """SIGKILL the child, its process group and every descendant (the kernel has its own
-    session, so the group alone would miss it)."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(child.pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for proc in descendants:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    try:
-        child.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        pass
-    psutil.wait_procs(descendants, timeout=30)  # a killed process may take a moment to go
 
 
 # --------------------------------------------------------------------------- the child's side
