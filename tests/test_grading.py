@@ -304,6 +304,10 @@ def test_a_batch_never_takes_over_a_folder_that_is_not_a_batch(setup, tmp_path):
     (tmp_path / "subs" / "a").mkdir()
     with pytest.raises(batch.BatchError, match="a and a.ipynb would both be graded as 'a'"):
         batch.find_submissions(tmp_path / "subs")
+    (tmp_path / "subs" / "a").rmdir()
+    notebook(tmp_path / "subs" / "summary.csv.ipynb", "1")
+    with pytest.raises(batch.BatchError, match="a name the batch uses for itself"):
+        batch.find_submissions(tmp_path / "subs")
 
 
 def test_without_a_sandbox_the_batch_warns_once(setup, tmp_path):

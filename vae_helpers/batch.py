@@ -55,6 +55,9 @@ def find_submissions(folder) -> tuple[list[tuple[str, Path]], list[str]]:
             ignored.append(path.name)
             continue
         student = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name)
+        if student in (BATCH_FILE, "summary.csv", "summary.html"):
+            raise BatchError(f"{path.name} would be graded into {student}/, a name the batch "
+                             "uses for itself; rename it")
         if student in seen:
             raise BatchError(f"{seen[student]} and {path.name} would both be graded as "
                              f"{student!r}; rename one of them")

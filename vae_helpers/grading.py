@@ -146,7 +146,8 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
     log = log or (lambda _: None)
     with run_lock(out):
         _claim(out, force, given)
-        started = time.perf_counter()
+        started, started_at = time.perf_counter(), datetime.now(UTC)
+        digest = submission_hash(submission)  # of what is graded, before it is copied
         work, results, problems = out / "work", [], []
         trouble = _copy(submission, work, rubric.limits["submission_mb"])
         notebooks = [] if trouble else sorted(p for p in work.glob("*.ipynb") if p.is_file())
@@ -174,8 +175,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
         result = {
             "format": FORMAT, "student": name,
-            "submission": {"path": display_path(submission),
-                           "sha256": submission_hash(submission)},
+            "submission": {"path": display_path(submission), "sha256": digest},
             "reference": {"path": display_path(reference),
                           "sha256": reference_hash(reference)},
             "rubric": {"path": display_path(rubric.path), "sha256": rubric.sha256},
@@ -183,7 +183,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             "summary": checks_lib.summary(checks),
             "checks": [c.to_dict() for c in checks],
             "notebooks": results,
-            "timings": {"started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "timings": {"started": started_at.isoformat(timespec="seconds"),
                         "total_seconds": round(time.perf_counter() - started, 1)},
             "limits": dict(rubric.limits), "versions": _versions(),
         }
