@@ -110,6 +110,17 @@ def learning_curves(history_a, history_b, label_a: str, label_b: str) -> bytes |
     return buffer.getvalue()
 
 
+def shown_path(path) -> str:
+    """``path`` as a report shows it: relative to the working directory when inside it,
+    else as ``notebook.display_path`` does (relative to the checkout, or absolute)."""
+    from vae_helpers.notebook import display_path
+
+    resolved, here = Path(path).resolve(), Path.cwd().resolve()
+    if resolved.is_relative_to(here) and resolved != here:
+        return str(resolved.relative_to(here))
+    return display_path(resolved)
+
+
 def load_run(path) -> Records:
     """The checked records of a run (a run directory or a grade's output directory).
 
@@ -150,10 +161,9 @@ def compare_runs(run_a, run_b, out, force: bool = False) -> dict:
         CompareError: a run without records, or ``out`` holds files and not ``force``.
     """
     from vae_helpers import report
-    from vae_helpers.notebook import display_path
 
     a, b = load_run(run_a), load_run(run_b)
-    labels = (display_path(run_a), display_path(run_b))
+    labels = (shown_path(run_a), shown_path(run_b))
     if labels[0] == labels[1]:
         labels = ("A", "B")
     out = Path(out)

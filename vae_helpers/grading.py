@@ -42,10 +42,9 @@ from vae_helpers import checks as checks_lib
 from vae_helpers import execution, io, recorded, report
 from vae_helpers import rubric as rubric_lib
 from vae_helpers import sandbox as sandbox_lib
-from vae_helpers.compare import comparison, learning_curves
+from vae_helpers.compare import comparison, learning_curves, shown_path
 from vae_helpers.execution import first_line
 from vae_helpers.locks import LOCK_NAME, run_lock
-from vae_helpers.notebook import display_path
 
 FORMAT = "vae_helpers.grade/1"
 GRADE_FILE = "grade.json"
@@ -175,10 +174,10 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
         result = {
             "format": FORMAT, "student": name,
-            "submission": {"path": display_path(submission), "sha256": digest},
-            "reference": {"path": display_path(reference),
+            "submission": {"path": shown_path(submission), "sha256": digest},
+            "reference": {"path": shown_path(reference),
                           "sha256": reference_hash(reference)},
-            "rubric": {"path": display_path(rubric.path), "sha256": rubric.sha256},
+            "rubric": {"path": shown_path(rubric.path), "sha256": rubric.sha256},
             "sandbox": {"kind": box.kind, "note": box.note},
             "summary": checks_lib.summary(checks),
             "checks": [c.to_dict() for c in checks],
@@ -193,8 +192,8 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         page = report.render_comparison(
             f"Grade of {name}", data_view, reference_records, records, ("reference", name),
             curves, checks, result,
-            subtitle=f"submission {result['submission']['path']} · reference run "
-                     f"{result['reference']['path']} · rubric {result['rubric']['path']}")
+            subtitle=f"submission: {result['submission']['path']} · reference run: "
+                     f"{result['reference']['path']} · rubric: {result['rubric']['path']}")
         io.atomic_write_text(out / "report.html", page)
         io.write_json(out / GRADE_FILE, result)  # last: its presence means "graded"
         return result
