@@ -45,6 +45,7 @@ class Check:
     reason: str
 
     def to_dict(self) -> dict:
+        """The check as it is written to ``grade.json``."""
         return asdict(self)
 
 

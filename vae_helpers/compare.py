@@ -41,7 +41,7 @@ def comparison(a: Records, b: Records, rubric=None) -> dict:
     """
     names = list(dict.fromkeys([*a.entries, *b.entries]))
 
-    def of_kind(kind):
+    def of_kind(kind: str) -> list:
         return [n for n in names if kind in (a.kind(n), b.kind(n))]
 
     metrics = []

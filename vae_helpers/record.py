@@ -184,6 +184,7 @@ def history(rows, name: str = HISTORY_NAME) -> None:
 
 # --------------------------------------------------------------------------- checks
 def check_name(name) -> str:
+    """``name`` if it is a valid record (or detail) name, else ``RecordError``."""
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise RecordError(f"record name {name!r} is not allowed: use 1 to 64 lowercase "
                           "letters, digits and underscores")
@@ -214,12 +215,14 @@ def _scalar(name: str, value):
 
 
 def check_details(name: str, details) -> dict:
+    """A metric's details, checked: at most ``MAX_DETAILS`` names with scalar values."""
     if not isinstance(details, Mapping) or len(details) > MAX_DETAILS:
         raise RecordError(f"{name}: details must be at most {MAX_DETAILS} key=value pairs")
     return {check_name(k): _scalar(f"{name}.{k}", v) for k, v in details.items()}
 
 
 def check_spec(name: str, spec) -> dict:
+    """A model spec, checked: the ``SPEC_KEYS`` with their types, other keys scalars."""
     if not isinstance(spec, Mapping):
         raise RecordError(f"{name}: a spec is a dict, got {type(spec).__name__}")
     missing = [k for k in SPEC_KEYS if k not in spec]
@@ -246,6 +249,7 @@ def check_spec(name: str, spec) -> dict:
 
 
 def check_history(name: str, rows) -> list:
+    """A history, checked: rows of an ``epoch`` and numbers (or ``None``)."""
     if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_HISTORY_ROWS:
         raise RecordError(f"{name}: a history is a list of 1 to {MAX_HISTORY_ROWS} rows")
     out = []

@@ -41,17 +41,21 @@ class Records:
     problems: dict = field(default_factory=dict)
 
     def kind(self, name: str) -> str | None:
+        """The kind of a valid record (``metric``, ``figure``, ...), or ``None``."""
         return self.entries.get(name, {}).get("kind")
 
-    def metric(self, name: str):
+    def metric(self, name: str) -> float | int | None:
+        """The value of a valid metric, or ``None``."""
         entry = self.entries.get(name)
         return entry["value"] if entry and entry["kind"] == "metric" else None
 
     def spec(self, name: str = record.SPEC_NAME) -> dict | None:
+        """The valid model spec, or ``None``."""
         entry = self.entries.get(name)
         return entry["value"] if entry and entry["kind"] == "spec" else None
 
     def history(self, name: str = record.HISTORY_NAME) -> list | None:
+        """The rows of the valid history, or ``None``."""
         entry = self.entries.get(name)
         return entry["rows"] if entry and entry["kind"] == "history" else None
 

@@ -41,16 +41,19 @@ tr.bad td{background:#fff5f5}
 
 
 def esc(value) -> str:
+    """``value`` as HTML-escaped text."""
     return html.escape(str(value), quote=True)
 
 
 def badge(passed: bool | None, text: str | None = None, extra: str = "") -> str:
+    """A PASS (green), FAIL (red) or INFO (``passed is None``, blue) label."""
     kind = "info" if passed is None else ("pass" if passed else "fail")
     label = text or {"info": "INFO", "pass": "PASS", "fail": "FAIL"}[kind]
     return f'<span class="badge {kind} {extra}">{esc(label)}</span>'
 
 
 def page(title: str, body: str) -> str:
+    """A whole HTML document with the inline style sheet."""
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{esc(title)}</title><style>{CSS}</style></head>"
@@ -58,11 +61,13 @@ def page(title: str, body: str) -> str:
 
 
 def png(data: bytes, alt: str) -> str:
+    """An ``<img>`` with the PNG embedded as a base64 ``data:`` URL."""
     encoded = base64.b64encode(data).decode("ascii")
     return f'<img alt="{esc(alt)}" src="data:image/png;base64,{encoded}">'
 
 
 def number(value, digits: int = 2, signed: bool = False) -> str:
+    """A number with ``digits`` decimals (a sign with ``signed``), ``—`` for ``None``."""
     if value is None:
         return '<span class="muted">—</span>'
     if isinstance(value, float) and not math.isfinite(value):

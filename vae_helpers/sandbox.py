@@ -66,6 +66,7 @@ class Sandbox:
 
     @property
     def isolated(self) -> bool:
+        """Whether submissions run inside bubblewrap."""
         return self.kind == "bwrap"
 
     def wrapper(self, work_dir, hide=(), read_only=()) -> list[str]:

@@ -85,7 +85,7 @@ def solution_regions(source: str) -> list[str]:
     return regions
 
 
-def student_notebook(nb, name: str = "notebook"):
+def student_notebook(nb, name: str = "notebook") -> tuple:
     """The student version of a notebook node (changed in place) and its number of stubs."""
     from vae_helpers.pipeline import clean_notebook
 

@@ -66,6 +66,7 @@ class Watchdog:
                 return
 
     def stop(self) -> str | None:
+        """Stop watching; ``"memory"`` or ``"disk"`` if the tree was killed over a cap."""
         self._done.set()
         self._thread.join()
         return self.killed
