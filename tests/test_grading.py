@@ -56,7 +56,7 @@ epochs = 2
 not_declared = 5
 
 [limits]
-time_limit = 20
+time_limit = 30
 memory_mb = 1500
 disk_mb = 64
 output_mb = 2
@@ -187,7 +187,7 @@ def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
     grades = hostile_batch["grades"]
     reasons = {student: failures(grade).get("execution") for student, grade in grades.items()}
     assert reasons["raises"] == "raises.ipynb: In [1]: RuntimeError: the student code failed"
-    assert reasons["loops"] == "loops.ipynb: did not finish within its time limit of 20 s"
+    assert reasons["loops"] == "loops.ipynb: did not finish within its time limit of 30 s"
     assert reasons["prints"] == "prints.ipynb: its outputs went over 2 MB and were cut"
     assert reasons["hog"] == ("hog.ipynb: used more than the memory cap of 1500 MB and was "
                               "stopped")
