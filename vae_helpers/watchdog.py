@@ -6,6 +6,10 @@ runs in a session of its own, so it is found through its parent, not its
 process group), and every 0.6 s the space allocated under ``folder``. Over a
 cap, it kills the whole tree with ``kill_tree``, which SIGKILLs the child's
 process group and every descendant and waits until they are gone.
+
+Resident memory is what is capped, not address space (``RLIMIT_AS``): the kernel
+of ``03_train`` reserves about 3.2 GB of addresses while using 1.1 GB, so a limit
+on addresses would either stop honest notebooks or mean little.
 """
 
 from __future__ import annotations
