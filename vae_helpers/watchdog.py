@@ -8,7 +8,7 @@ cap, it kills the whole tree with ``kill_tree``, which SIGKILLs the child's
 process group and every descendant and waits until they are gone.
 
 Resident memory is what is capped, not address space (``RLIMIT_AS``): the kernel
-of ``03_train`` reserves about 3.2 GB of addresses while using 1.1 GB, so a limit
+of ``03_train`` reserves about 3 GB of addresses while using 1.1 GB, so a limit
 on addresses would either stop honest notebooks or mean little.
 """
 
