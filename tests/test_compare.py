@@ -7,6 +7,7 @@ import json
 import re
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -28,7 +29,9 @@ def make_run(folder, monkeypatch, elbo=141.0, latent_dim=2, history=True, figure
     record.metric("iwae_log_likelihood", elbo + 15, k=1000)
     record.model_spec({**SPEC, "latent_dim": latent_dim})
     for index, name in enumerate(figures):
-        record.figure(name, plots.plot_grid(np.full((100, 784), index / 2)))
+        fig = plots.plot_grid(np.full((100, 784), index / 2))
+        record.figure(name, fig)
+        plt.close(fig)
     record.array("latent_means", np.zeros((10, latent_dim), np.float32))
     if history:
         record.history([{"epoch": e, "train_elbo": elbo - 10 / e, "test_elbo": elbo - 12 / e}

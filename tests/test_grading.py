@@ -327,7 +327,8 @@ def test_without_a_sandbox_the_batch_warns_once(setup, tmp_path):
     assert grade["sandbox"] == {"kind": "none", "note": "the sandbox is off (--sandbox off)"}
 
 
-def test_the_grader_refuses_what_it_cannot_grade(setup, tmp_path):
+def test_the_grader_refuses_what_it_cannot_grade(setup, tmp_path, monkeypatch):
+    monkeypatch.delenv("VAE_MNIST", raising=False)
     good = good_notebook(tmp_path / "hw.ipynb")
     empty = tmp_path / "empty_run"
     empty.mkdir()

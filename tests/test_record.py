@@ -7,6 +7,7 @@ import json
 import os
 
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
@@ -22,11 +23,12 @@ SPEC = {"latent_dim": 2, "hidden_units": [512], "hidden_activation": "relu",
 
 @pytest.fixture
 def run(tmp_path, monkeypatch):
-    """A fresh record directory, with $VAE_RECORD_DIR unset."""
+    """A fresh record directory, with $VAE_RECORD_DIR unset (figures closed afterwards)."""
     monkeypatch.delenv(record.RECORD_DIR_ENV, raising=False)
     monkeypatch.setattr(record, "_state", {})
     record.set_run_dir(tmp_path / "run")
-    return tmp_path / "run"
+    yield tmp_path / "run"
+    plt.close("all")
 
 
 def test_every_kind_of_record_reads_back_as_written(run):
