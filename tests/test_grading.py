@@ -256,9 +256,11 @@ def test_an_attack_on_other_files_fails_and_changes_nothing(hostile_batch):
 def test_the_summary_lists_every_student_with_a_link_to_the_report(hostile_batch):
     out = hostile_batch["out"]
     lines = (out / "summary.csv").read_text().splitlines()
-    assert lines[0] == "student,status,score,failed,seconds,report"
+    assert lines[0] == "student,status,score,failed,reason,seconds,report"
     assert len(lines) == 1 + len(hostile_batch["rows"])
-    assert lines[1].startswith("alice,PASS,22/22,,")
+    assert lines[1].startswith("alice,PASS,22/22,,,")
+    assert hostile_batch["rows"]["raises"]["reason"] == (
+        "execution: raises.ipynb: In [1]: RuntimeError: the student code failed")
     page = (out / "summary.html").read_text()
     for student in hostile_batch["rows"]:
         assert f'href="{student}/report.html"' in page

@@ -9,7 +9,7 @@ local process pool, or, with ``scheduler``, as tasks of an existing
 same environment). Each submission is hidden from the others' sandboxes.
 
 ``DIR/summary.csv`` and ``DIR/summary.html`` list one row per student (verdict,
-score, failed checks, seconds, link to the report); they are rewritten as
+score, failed checks, the first one's reason, seconds, link to the report); they are rewritten as
 grades complete, so an interrupted batch leaves a summary of what it did. Run
 again, a batch keeps every grade whose ``grade.json`` matches the submission,
 the rubric and the reference (their SHA-256) and grades the rest; ``force``
@@ -30,7 +30,7 @@ from vae_helpers.locks import LOCK_NAME, run_lock
 
 BATCH_FILE = "batch.json"
 DASK_CONNECT_TIMEOUT = "20s"
-SUMMARY_FIELDS = ("student", "status", "score", "failed", "seconds", "report")
+SUMMARY_FIELDS = ("student", "status", "score", "failed", "reason", "seconds", "report")
 
 
 class BatchError(RuntimeError):
@@ -113,7 +113,7 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
             rows[row["student"]] = row
             log(f"[{number}/{len(pending)}] {row['student']}: {row['status']}"
                 + (f" {row['score']}" if row["score"] else "")
-                + (f" ({row['failed']})" if row["failed"] else ""))
+                + (f" ({row['reason']})" if row["reason"] else ""))
             _write_summary(out, rows)
         return [rows[s] for s in sorted(rows)]
 
@@ -148,10 +148,13 @@ def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
 
 
 def _row(student: str, result: dict) -> dict:
+    """A summary row: verdict, score, failed checks and the reason of the first that counts."""
     summary = result["summary"]
+    first = next((c for c in result["checks"] if c["required"] and not c["passed"]), None)
     return {"student": student, "status": "PASS" if summary["passed"] else "FAIL",
             "score": f"{summary['required_passed']}/{summary['required']}",
             "failed": "; ".join(summary["failed"]),
+            "reason": f"{first['name']}: {first['reason']}" if first else "",
             "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html"}
 
 
@@ -166,7 +169,8 @@ def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
         return _row(student, result)
     except Exception as err:
         return {"student": student, "status": "ERROR", "score": "",
-                "failed": f"not graded: {type(err).__name__}: {first_line(str(err))}",
+                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+                                      f"{first_line(str(err))}",
                 "seconds": round(time.perf_counter() - started, 1), "report": ""}
 
 
@@ -214,7 +218,8 @@ def _result(future, student: str) -> dict:
         return future.result()
     except Exception as err:  # the worker died, or the task could not run there
         return {"student": student, "status": "ERROR", "score": "",
-                "failed": f"not graded: {type(err).__name__}: {first_line(str(err))}",
+                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+                                      f"{first_line(str(err))}",
                 "seconds": None, "report": ""}
 
 

@@ -208,8 +208,8 @@ def _figures(data: dict, a: Records, b: Records, la: str, lb: str) -> str:
 
 
 def render_summary(title: str, rows: list[dict]) -> str:
-    """The batch summary: one row per student with the verdict, score, failed checks and
-    a link to the student's report."""
+    """The batch summary: one row per student with the verdict, score, failed checks (the
+    first four), the reason of the first, and a link to the student's report."""
     passed = sum(r["status"] == "PASS" for r in rows)
     cards = [("students", len(rows)), ("passed", passed),
              ("failed", sum(r["status"] == "FAIL" for r in rows)),
@@ -220,9 +220,13 @@ def render_summary(title: str, rows: list[dict]) -> str:
         link = (f'<a href="{esc(r["report"])}">report</a>' if r.get("report")
                 else '<span class="muted">—</span>')
         ok = {"PASS": True, "FAIL": False}.get(r["status"])
+        failed = [f for f in (r["failed"] or "").split("; ") if f]
+        shown = ", ".join(f"<code>{esc(f)}</code>" for f in failed[:4]) + (
+            f" and {len(failed) - 4} more" if len(failed) > 4 else "")
         body_rows.append([esc(r["student"]), badge(ok if ok is not None else False, r["status"]),
-                          (esc(r["score"]),), esc(r["failed"] or "—"),
+                          (esc(r["score"]),), shown or "—", esc(r.get("reason") or ""),
                           (number(r.get("seconds"), 0),), link])
     bad = {i: "bad" for i, r in enumerate(rows) if r["status"] != "PASS"}
     return page(title, f"<h1>{esc(title)}</h1><div class=\"cards\">{html_cards}</div>" + table(
-        ["student", "verdict", ("score",), "failed checks", ("seconds",), ""], body_rows, bad))
+        ["student", "verdict", ("score",), "failed checks", "first reason", ("seconds",), ""],
+        body_rows, bad))
