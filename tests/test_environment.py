@@ -248,6 +248,16 @@ def test_ci_exports_vae_mnist_and_runs_make_test():
     assert any(re.match(r"set -\w*e", line) for line in lines), "`.ci/run` must stop on errors"
 
 
+def test_ci_installs_bubblewrap_before_make_test():
+    lines = commands((ROOT / ".ci" / "run").read_text())
+    install = [i for i, line in enumerate(lines)
+               if re.search(r"apt-get install -y\b.*\bbubblewrap\b", line)]
+    make = [i for i, line in enumerate(lines) if re.fullmatch(r"(exec\s+)?make\s+test", line)]
+    assert install and make and install[0] < make[0]
+    guard = next(i for i, line in enumerate(lines) if "command -v bwrap" in line)
+    assert guard < install[0], "bubblewrap is installed only when missing"
+
+
 def test_make_test_runs_ruff_and_pytest():
     try:
         result = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True,

@@ -43,12 +43,42 @@ def test_every_cli_option_in_the_readme_exists_and_every_option_is_documented():
     assert options <= mentioned, options - mentioned
 
 
+def test_every_grading_option_is_documented_and_every_flag_named_is_used():
+    from vae_helpers import sandbox
+
+    section = README[README.index("## Grading and comparing"):
+                     README.index("## Tests and benchmarks")]
+    commands = build_parser()._subparsers._group_actions[0].choices
+    options = {s for name in ("compare", "grade", "student") for a in commands[name]._actions
+               for s in a.option_strings if s.startswith("--")} - {"--help"}
+    mentioned = set(re.findall(r"(--[a-z][a-z-]+)", section))
+    assert options <= mentioned, options - mentioned
+    bwrap_flags = mentioned - options
+    assert bwrap_flags, "the sandbox's flags are named"
+    source = Path(sandbox.__file__).read_text()
+    assert all(f'"{flag}"' in source for flag in bwrap_flags), bwrap_flags
+
+
+def test_the_record_names_of_the_readme_are_the_homeworks():
+    from vae_helpers import record
+
+    section = README[README.index("### What a homework notebook records"):
+                     README.index("### Comparing two runs")]
+    names = re.findall(r"^\| `(\w+)` \| (figure|metric|spec|history|array) \|", section, re.M)
+    assert {n for n, _ in names} == set(record.HOMEWORK_RECORDS)
+    for name, kind in names:
+        assert record.HOMEWORK_RECORDS[name].startswith(kind)
+
+
 def test_paths_the_readme_names_exist():
     paths = {p for p in re.findall(r"`([\w./-]+)`", README)
-             if re.search(r"\.(txt|yml|toml|md|py|json|csv)$|/$", p) and not p.startswith("runs/")}
+             if re.search(r"\.(txt|yml|toml|md|py|json|csv)$|/$", p)
+             and not p.startswith(("runs/", "run_dir/", "grades/"))}
     # files and folders inside run directories
     paths -= {"config.json", "history.csv", "metrics.json", "checkpoint/", "mnist.npz",
-              "pipeline.json", "homework/", "bernoulli/"}
+              "pipeline.json", "homework/", "bernoulli/", "records.json", "records/"}
+    # what compare, grade and student write, and the folders of their examples
+    paths -= {"report.json", "grade.json", "summary.csv", "logs/", "submissions/", "handout/"}
     assert {"requirements.txt", "benchmarks/README.md"} <= paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, missing

@@ -145,7 +145,68 @@ def build_parser() -> argparse.ArgumentParser:
                                      "made with the committed parameters into notebooks/, "
                                      "cleaned of run-specific metadata.")
     pub.add_argument("run", help="the pipeline run directory (e.g. runs/homework)")
+    _grading_commands(sub)
     return parser
+
+
+def _grading_commands(sub) -> None:
+    c = sub.add_parser("compare", help="compare the records of two runs side by side",
+                       description="Write report.html (self-contained) and report.json into "
+                                   "--out: the metrics of both runs with their difference "
+                                   "(B - A), the model specs, the figures side by side and the "
+                                   "learning curves overlaid.")
+    c.add_argument("run_a", metavar="RUN_A",
+                   help="a directory with records.json (a run such as runs/homework, or the "
+                        "output of a grade)")
+    c.add_argument("run_b", metavar="RUN_B", help="the run to compare with RUN_A")
+    c.add_argument("--out", required=True, metavar="DIR",
+                   help="directory for report.html and report.json")
+    c.add_argument("--force", action="store_true", help="replace what --out holds")
+
+    g = sub.add_parser("grade", help="grade homework submissions against a reference run",
+                       description="Run a submission (a notebook, or a folder of notebooks run "
+                                   "in name order) in a sandbox, check its records against the "
+                                   "rubric and the reference run, and write report.html and "
+                                   "grade.json into --out. Exit code 0 when every required "
+                                   "check passes, 1 otherwise. With --batch, grade every "
+                                   "notebook and folder of a directory into --out/NAME/, with "
+                                   "summary.csv and summary.html (exit code 1 only if a "
+                                   "submission could not be graded).")
+    g.add_argument("submission", nargs="?", metavar="SUBMISSION",
+                   help="a notebook (.ipynb), or a folder of notebooks run in name order")
+    g.add_argument("--batch", metavar="DIR",
+                   help="grade every .ipynb file and every folder in DIR, one student each")
+    g.add_argument("--reference", required=True, metavar="RUN",
+                   help="the reference run: a directory with records.json (e.g. runs/homework)")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="where the grade goes (with --batch: one folder per student and the "
+                        "summary)")
+    g.add_argument("--rubric", metavar="PATH",
+                   help="a rubric TOML file (default: the homework's, vae_helpers/rubric.toml)")
+    g.add_argument("--data", metavar="PATH",
+                   help="the MNIST file the submissions read (default: $VAE_MNIST)")
+    g.add_argument("--jobs", type=positive_int, default=None, metavar="N",
+                   help="with --batch: submissions graded at the same time by a local "
+                        "process pool (default 1)")
+    g.add_argument("--dask-scheduler", metavar="ADDRESS",
+                   help="with --batch: run the grades on this dask.distributed scheduler "
+                        "(e.g. tcp://10.0.0.5:8786) instead of locally")
+    g.add_argument("--sandbox", choices=["auto", "require", "off"], default="auto",
+                   help="auto: bubblewrap where it works, else a warning; require: refuse "
+                        "to grade without it; off: no sandbox (default auto)")
+    g.add_argument("--force", action="store_true",
+                   help="replace what --out holds (with --batch: grade every submission again)")
+
+    s = sub.add_parser("student", help="write student versions of the homework notebooks",
+                       description="Copy notebooks with every solution region (# BEGIN "
+                                   "SOLUTION ... # END SOLUTION, or a cell tagged solution) "
+                                   "replaced by a stub that raises NotImplementedError with "
+                                   "its hint, and the outputs cleared.")
+    s.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
+                   help="the notebooks (default: notebooks/03_train.ipynb and "
+                        "notebooks/04_analysis.ipynb)")
+    s.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
+    s.add_argument("--force", action="store_true", help="replace notebooks already in --out")
 
 
 def _train(args) -> int:
@@ -208,7 +269,72 @@ def _publish(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from vae_helpers.compare import compare_runs
+
+    data = compare_runs(args.run_a, args.run_b, args.out, force=args.force)
+    for row in data["metrics"]:
+        if row["difference"] is not None:
+            print(f"  {row['name']:<24}{row['a']:10.2f}{row['b']:10.2f}{row['difference']:+10.2f}")
+    print(f"report written to {args.out}/report.html")
+    return 0
+
+
+def _grade(args) -> int:
+    from vae_helpers import rubric as rubric_lib
+    from vae_helpers import sandbox as sandbox_lib
+
+    if (args.submission is None) == (args.batch is None):
+        _usage_error("grade", "give either a SUBMISSION or --batch DIR")
+    if args.batch is None and (args.jobs is not None or args.dask_scheduler):
+        _usage_error("grade", "--jobs and --dask-scheduler go with --batch")
+    rubric = rubric_lib.load(args.rubric)
+    if args.batch is not None:
+        from vae_helpers.batch import grade_batch
+
+        rows = grade_batch(args.batch, args.reference, args.out, rubric=rubric, data=args.data,
+                           jobs=args.jobs or 1, scheduler=args.dask_scheduler,
+                           sandbox=args.sandbox, force=args.force)
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("PASS", "FAIL", "ERROR")}
+        print(f"{len(rows)} graded: {counts['PASS']} passed, {counts['FAIL']} failed"
+              + (f", {counts['ERROR']} not graded" if counts["ERROR"] else "")
+              + f"; summary in {args.out}/summary.html")
+        return 1 if counts["ERROR"] else 0
+    from vae_helpers.grading import grade
+
+    box = sandbox_lib.probe(args.sandbox)
+    if box.warning():
+        print(box.warning(), file=sys.stderr)
+    result = grade(args.submission, args.reference, args.out, rubric=rubric, data=args.data,
+                   sandbox=box, force=args.force, log=print)
+    summary = result["summary"]
+    verdict = "PASS" if summary["passed"] else "FAIL"
+    print(f"{verdict}: {summary['required_passed']} of {summary['required']} required checks "
+          "passed" + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    print(f"report written to {args.out}/report.html")
+    return 0 if summary["passed"] else 1
+
+
+def _student(args) -> int:
+    from vae_helpers.notebook import display_path
+    from vae_helpers.pipeline import notebook_dir
+    from vae_helpers.student import HOMEWORK, write_student_versions
+
+    notebooks = args.notebooks or [notebook_dir() / f"{name}.ipynb" for name in HOMEWORK]
+    for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
+        print(f"wrote {display_path(path)} ({stubs} stub{'s' * (stubs != 1)})")
+    return 0
+
+
+def _usage_error(command: str, message: str):
+    parser = build_parser()._subparsers._group_actions[0].choices[command]
+    parser.error(message)
+
+
 def _resume_hint(args) -> str:
+    if args.command in ("grade", "compare", "student"):
+        return ("what was complete is kept" + (": run the same command again to grade the "
+                                               "rest" if getattr(args, "batch", None) else ""))
     out = getattr(args, "out", None)
     if out:
         from vae_helpers._tf import tf
@@ -223,6 +349,10 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["python -m vae_helpers", *argv])
+    commands = {"train": _train, "pipeline": _pipeline, "publish": _publish,
+                "compare": _compare, "grade": _grade, "student": _student}
+    if args.command in ("compare", "grade", "student"):  # no TensorFlow for these
+        return _run_light(commands[args.command], args)
     from vae_helpers.data import DataError
     from vae_helpers.locks import RunLocked
     from vae_helpers.pipeline import PipelineError
@@ -230,9 +360,29 @@ def main(argv=None) -> int:
     from vae_helpers.train import CheckpointError, TrainingDiverged
 
     try:
-        return {"train": _train, "pipeline": _pipeline, "publish": _publish}[args.command](args)
+        return commands[args.command](args)
     except (DataError, RunError, RunLocked, TrainingDiverged, CheckpointError, PipelineError,
             OSError, ValueError) as err:  # OSError includes train.RunWriteError (disk full, ...)
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; {_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _run_light(command, args) -> int:
+    """The grading commands, with their own errors as one line (they never import TF)."""
+    from vae_helpers.batch import BatchError
+    from vae_helpers.compare import CompareError
+    from vae_helpers.grading import GradingError
+    from vae_helpers.locks import RunLocked
+    from vae_helpers.pipeline import PipelineError
+    from vae_helpers.sandbox import SandboxError
+
+    try:
+        return command(args)
+    except (BatchError, CompareError, GradingError, RunLocked, PipelineError, SandboxError,
+            OSError, ValueError) as err:  # ValueError includes RubricError and StudentError
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -13,8 +13,9 @@ working directory, a time limit per notebook), and leaves in the run directory
 ``figures/*.png``, ``metrics.json``, training runs
     what the notebooks write;
 ``pipeline.json``
-    the profile, every stage's parameters, status, time and the peak resident memory
-    of the notebook processes up to it (``peak_memory_mb``), the versions.
+    the profile, every stage's parameters, status, time and peak resident memory
+    (papermill and the kernel together, ``peak_memory_mb``), the largest of them,
+    the versions.
 
 Profiles: ``full`` runs the notebooks with the values committed in their
 parameters cells (the reference run); ``smoke`` runs every cell on a few
@@ -24,21 +25,17 @@ thousand images for a couple of epochs, to check that everything works.
 from __future__ import annotations
 
 import ast
-import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_helpers import io
+from vae_helpers import execution, io
 from vae_helpers.locks import LOCK_NAME, run_lock
 
 STAGES = ("01_math", "02_build", "03_train", "04_analysis")
-KERNEL = "python3"
+KERNEL = execution.KERNEL
 STATE_FILE = "pipeline.json"
 RUN_DIR_PARAMETER = "run_dir"
 
@@ -193,10 +190,12 @@ def _run_stages(out: Path, profile: str, steps, state: dict, timeout: int, progr
         record.update(status="running", seconds=None, error=None)
         io.write_json(out / STATE_FILE, state)
         started = time.perf_counter()
-        error = _execute(folder / f"{stage}.ipynb", out / f"{stage}.ipynb", params, timeout,
-                         progress)
+        error, record["peak_memory_mb"] = _execute(folder / f"{stage}.ipynb",
+                                                   out / f"{stage}.ipynb", params, timeout,
+                                                   progress)
         record["seconds"] = round(time.perf_counter() - started, 1)
-        record["peak_memory_mb"] = state["peak_memory_mb"] = _peak_memory_mb()
+        state["peak_memory_mb"] = max(state.get("peak_memory_mb", 0.0),
+                                      record["peak_memory_mb"])
         _export_html(out / f"{stage}.ipynb")
         if error is not None:
             record.update(status="failed", error=error)
@@ -212,17 +211,6 @@ def _run_stages(out: Path, profile: str, steps, state: dict, timeout: int, progr
     peak = f", peak memory {state['peak_memory_mb']:,.0f} MB" if "peak_memory_mb" in state else ""
     log(f"pipeline '{profile}' finished in {state['seconds']:.0f} s{peak}: {out}")
     return state
-
-
-def _peak_memory_mb() -> float:
-    """The largest resident memory of any finished notebook process so far, in MB.
-
-    Each stage's process (papermill and its kernel, which it waits for) is waited
-    for by this one, so ``RUSAGE_CHILDREN`` holds the peak of the largest of them.
-    """
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)
 
 
 def _claim(out: Path, profile: str, steps, force: bool, resume: bool) -> dict:
@@ -271,76 +259,27 @@ def _versions() -> dict:
     return {"python": platform.python_version(), **{n: version(n) for n in names}}
 
 
-def _execute(source: Path, target: Path, params: dict, timeout: int, progress: bool):
-    """Run one notebook in a child process; ``None`` on success, else where it failed."""
-    result = target.with_suffix(".result.json")
-    result.unlink(missing_ok=True)
-    job = {"source": str(source), "target": str(target), "parameters": params,
-           "timeout": timeout, "progress": progress, "result": str(result),
-           "cwd": str(source.parent)}
+def _execute(source: Path, target: Path, params: dict, timeout: int,
+             progress: bool) -> tuple[str | None, float]:
+    """Run one notebook in a child process.
+
+    Returns:
+        ``(error, peak_memory_mb)``: ``None`` on success, else where it failed; and the
+        largest resident memory of the process tree (papermill and the kernel) seen.
+    """
     env = {**os.environ, "VAE_PROGRESS": os.environ.get("VAE_PROGRESS", "text"),
            "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    child = subprocess.Popen([sys.executable, "-m", "vae_helpers.pipeline", json.dumps(job)],
-                             env=env, start_new_session=True)
-    try:
-        code = child.wait(timeout=timeout + 60)
-    except subprocess.TimeoutExpired:
-        _kill(child)
-        return f"by running longer than its time limit of {timeout} s"
-    except KeyboardInterrupt:
-        _kill(child)
-        raise
-    if result.exists():
-        outcome = io.read_json(result)
-        result.unlink()
-        return outcome.get("error")
-    return f"without reporting why (the executing process exited with code {code})"
-
-
-def _kill(child: subprocess.Popen) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(child.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            child.wait(timeout=10)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _execute_in_child(job: dict) -> None:
-    """The child's side of ``_execute``: papermill, and a one-line account of a failure."""
-    import logging
-
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    logging.getLogger("papermill").setLevel(logging.WARNING)
-    # The kernel inherits file descriptor 2: its own chatter (start-up warnings, TF's C++
-    # log) goes to NN_name.log, while papermill's progress bar stays on the terminal.
-    terminal = os.fdopen(os.dup(2), "w", buffering=1)
-    with open(Path(job["target"]).with_suffix(".log"), "w") as kernel_log:
-        os.dup2(kernel_log.fileno(), 2)
-    sys.stderr = terminal
-    error = None
-    try:
-        papermill.execute_notebook(job["source"], job["target"], parameters=job["parameters"],
-                                   kernel_name=KERNEL, cwd=job["cwd"],
-                                   execution_timeout=job["timeout"],
-                                   progress_bar=job["progress"], log_output=False)
-    except PapermillExecutionError as err:
-        error = f"in cell {err.cell_index} (execution count {err.exec_count}): " \
-                f"{err.ename}: {_first_line(err.evalue)}"
-    except Exception as err:  # kernel died, timeout, unreadable notebook, ...
-        error = f"before finishing: {type(err).__name__}: {_first_line(str(err))}"
-    io.write_json(job["result"], {"error": error})
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in str(text).splitlines() if line.strip()]
-    return lines[0][:300] if lines else ""
+    outcome = execution.run_notebook(source, target, params, cwd=source.parent, env=env,
+                                     limits=execution.Limits(timeout=timeout, grace=60),
+                                     progress=progress, kernel_log=target.with_suffix(".log"))
+    if outcome.status == "timeout":
+        error = f"by running longer than its time limit of {timeout} s"
+    elif outcome.status == "crashed":
+        error = ("without reporting why (the executing process exited with code "
+                 f"{outcome.exit_code})")
+    else:
+        error = outcome.message
+    return error, outcome.peak_memory_mb
 
 
 def _export_html(notebook: Path) -> None:
@@ -411,7 +350,3 @@ def publish(run_dir, dest=None) -> list[Path]:
         nbformat.write(nb, source)
         written.append(source)
     return written
-
-
-if __name__ == "__main__":
-    _execute_in_child(json.loads(sys.argv[1]))

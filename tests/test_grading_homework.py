@@ -1,0 +1,126 @@
+"""Grading the real homework notebooks end to end (they need the real MNIST, via VAE_MNIST).
+
+A smoke-sized reference run of ``03_train`` and ``04_analysis`` (2,000 training
+and 500 test images, 2 epochs, IWAE with k = 16) is made once with the pipeline.
+One batch then grades, against it and with the shipped rubric's checks and
+tolerances (its parameters replaced by the same smoke settings), the student
+versions of the two notebooks completed four ways: with the reference's own
+solutions, and with three deliberate mistakes. Each must fail exactly the checks
+its mistake breaks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import nbformat
+import pytest
+
+from vae_helpers import batch, pipeline, rubric, student
+
+pytestmark = pytest.mark.skipif(
+    not os.environ.get("VAE_MNIST"),
+    reason="VAE_MNIST is not set: these tests run the homework notebooks on the real MNIST")
+
+SMOKE = {"n_train": 2000, "n_test": 500, "epochs": 2, "bernoulli_epochs": 0, "iwae_k": 16,
+         "fallback_epochs": 1}
+
+
+def complete(version, reference, change=None):
+    """The student version with every stub replaced by the reference's solution, in order;
+    ``change(number, code)`` may alter the code of solution ``number``."""
+    solutions = [r for c in reference.cells if c.cell_type == "code"
+                 for r in student.solution_regions(c.source)]
+    number = 0
+    for cell in version.cells:
+        lines, out = cell.source.split("\n"), []
+        for line in lines:
+            if line.lstrip().startswith("raise NotImplementedError("):
+                code = solutions[number]
+                out.append(change(number, code) if change else code)
+                number += 1
+            elif not line.lstrip().startswith("# TODO: "):
+                out.append(line)
+        cell.source = "\n".join(out)
+    assert number == len(solutions)
+    return version
+
+
+def submission(folder, versions, references, changes=None, drop=None):
+    """Write a completed copy of the student versions into ``folder``."""
+    folder.mkdir()
+    for name in student.HOMEWORK:
+        nb = complete(nbformat.read(versions / f"{name}.ipynb", as_version=4),
+                      references[name], (changes or {}).get(name))
+        if drop and name in drop:
+            nb.cells = [c for c in nb.cells if drop[name] not in c.source]
+        nbformat.write(nb, folder / f"{name}.ipynb")
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("homework")
+    pipeline.run_pipeline(root / "reference", "smoke", {"bernoulli_epochs": 0},
+                          stages=student.HOMEWORK, progress=False, log=lambda *_: None)
+    versions = root / "student"
+    student.write_student_versions(
+        [pipeline.notebook_dir() / f"{n}.ipynb" for n in student.HOMEWORK], versions)
+    references = {n: nbformat.read(pipeline.notebook_dir() / f"{n}.ipynb", as_version=4)
+                  for n in student.HOMEWORK}
+    subs = root / "submissions"
+    subs.mkdir()
+    submission(subs / "same", versions, references)
+    submission(subs / "p3", versions, references, {
+        "03_train": lambda i, code: code.replace("latent_dim=latent_dim", "latent_dim=3")})
+    submission(subs / "no_manifold", versions, references,
+               drop={"04_analysis": 'record.figure("manifold_20x20"'})
+    submission(subs / "elbo_off", versions, references, {  # reports the loss, -ELBO
+        "03_train": lambda i, code: code + '\nmetrics["test_elbo"] = -metrics["test_elbo"]'
+        if i == 1 else code})
+    parameters = "\n".join(f"{k} = {v}" for k, v in SMOKE.items())
+    text = rubric.DEFAULT.read_text().split("[parameters]")[0]
+    (root / "rubric.toml").write_text(f"{text}[parameters]\n{parameters}\n\n[limits]\n"
+                                      "time_limit = 900\nmemory_mb = 4096\n")
+    rows = batch.grade_batch(subs, root / "reference", root / "grades",
+                             rubric=rubric.load(root / "rubric.toml"), jobs=2,
+                             log=lambda _: None)
+    return {r["student"]: json.loads((root / "grades" / r["student"] / "grade.json").read_text())
+            for r in rows}, root
+
+
+def failed(grade):
+    return {c["name"] for c in grade["checks"] if not c["passed"]}
+
+
+def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
+    grade = graded[0]["same"]
+    assert failed(grade) == set() and grade["summary"]["passed"]
+    assert [n["status"] for n in grade["notebooks"]] == ["ok", "ok"]
+    assert grade["notebooks"][0]["parameters"]["epochs"] == 2
+    page = (graded[1] / "grades" / "same" / "report.html").read_text()
+    assert "Learning curves" in page and page.count("data:image/png;base64,") == 2 * 5 + 1
+
+
+def test_a_latent_space_of_three_dimensions(graded):
+    grade = graded[0]["p3"]
+    # 04_analysis cannot draw the scatter or the manifold of 3-D codes, and the model's
+    # ELBO differs from the reference's by more than the tolerance
+    assert failed(grade) == {"spec.latent_dim", "execution", "record.latent_scatter",
+                             "record.manifold_20x20", "grid.manifold_20x20",
+                             "metric.test_elbo", "metric.iwae_log_likelihood"}
+    reasons = {c["name"]: c["reason"] for c in grade["checks"]}
+    assert reasons["spec.latent_dim"] == "latent_dim = 3; the homework asks for 2"
+    assert "plot_latent_scatter needs 2-D codes [N, 2], got shape (10000, 3)" in \
+        reasons["execution"]
+
+
+def test_a_missing_manifold(graded):
+    assert failed(graded[0]["no_manifold"]) == {"record.manifold_20x20", "grid.manifold_20x20"}
+
+
+def test_an_elbo_far_off_the_reference(graded):
+    grade = graded[0]["elbo_off"]
+    assert failed(grade) == {"metric.test_elbo"}
+    reason = next(c["reason"] for c in grade["checks"] if c["name"] == "metric.test_elbo")
+    assert "beyond ±3" in reason

@@ -1,0 +1,112 @@
+"""Tests of vae_helpers.student: solution regions become stubs, everything else stays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from vae_helpers import student
+from vae_helpers.__main__ import main
+
+FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def test_a_region_becomes_a_stub_with_its_hint_at_its_indentation():
+    source = ("x = 1\n"
+              "for i in range(3):\n"
+              "    # BEGIN SOLUTION: add i to x (μ is fine)\n"
+              "    x += i\n"
+              "    print(x)\n"
+              "    # END SOLUTION\n"
+              "print('done')")
+    stubbed, count = student.strip_solutions(source)
+    assert count == 1
+    assert stubbed == ("x = 1\n"
+                       "for i in range(3):\n"
+                       "    # TODO: add i to x (μ is fine)\n"
+                       '    raise NotImplementedError("add i to x (μ is fine)")\n'
+                       "print('done')")
+    with pytest.raises(NotImplementedError, match=r"add i to x \(μ is fine\)"):
+        exec(stubbed, {})
+    assert student.solution_regions(source) == ["    x += i\n    print(x)"]
+
+
+def test_a_region_without_a_hint_gets_a_default_one():
+    stubbed, _ = student.strip_solutions("# BEGIN SOLUTION\ny = 2\n# END SOLUTION")
+    assert stubbed.splitlines() == ["# TODO: complete this part",
+                                    'raise NotImplementedError("complete this part")']
+
+
+@pytest.mark.parametrize("source, message", [
+    ("a = 1\n# END SOLUTION", "line 2: END SOLUTION without a BEGIN SOLUTION"),
+    ("# BEGIN SOLUTION\n# BEGIN SOLUTION\n# END SOLUTION",
+     "line 2: BEGIN SOLUTION inside the region opened on line 1"),
+    ("x = 0\n# BEGIN SOLUTION: h\nx = 1", "line 2: BEGIN SOLUTION is never ended"),
+])
+def test_unbalanced_markers_are_errors_that_name_the_line(source, message):
+    with pytest.raises(student.StudentError, match=f"nb.ipynb, cell 3, {message}"):
+        student.strip_solutions(source, "nb.ipynb, cell 3")
+
+
+def test_cells_tagged_solution_are_replaced_and_outputs_cleared():
+    nb = new_notebook(cells=[
+        new_markdown_cell("# Title"),
+        new_code_cell("# load the data from VAE_MNIST\nx = load()", metadata={"tags": ["solution"]},
+                      execution_count=3, outputs=[new_output("stream", text="answer 42\n")]),
+        new_code_cell("print(1)", execution_count=4,
+                      outputs=[new_output("stream", text="1\n")]),
+    ])
+    version, count = student.student_notebook(nb)
+    assert count == 1
+    assert version.cells[0].source == "# Title"
+    assert version.cells[1].source == ('# TODO: load the data from VAE_MNIST\n'
+                                       'raise NotImplementedError("load the data from VAE_MNIST")')
+    assert version.cells[2].source == "print(1)"
+    assert all(c.outputs == [] and c.execution_count is None for c in version.cells[1:])
+
+
+@pytest.mark.parametrize("name", student.HOMEWORK)
+def test_the_homework_notebooks_have_regions_and_their_student_versions_none(name):
+    reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
+    solutions = [r for c in reference.cells if c.cell_type == "code"
+                 for r in student.solution_regions(c.source)]
+    assert solutions
+    version, count = student.student_notebook(nbformat.read(FOLDER / f"{name}.ipynb",
+                                                            as_version=4), name)
+    assert count == len(solutions)
+    text = "\n".join(c.source for c in version.cells)
+    assert "SOLUTION" not in text and text.count("raise NotImplementedError(") == count
+    kept = {line.strip() for line in text.splitlines()}
+    for solution in solutions:
+        for line in solution.splitlines():
+            assert line.strip() not in kept, line  # no line of a solution is left
+    # everything else is kept: same cells, same tags, same parameters cell
+    assert [c.cell_type for c in version.cells] == [c.cell_type for c in reference.cells]
+    assert [c.metadata.get("tags") for c in version.cells] == \
+        [c.metadata.get("tags") for c in reference.cells]
+
+
+def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "student"
+    assert main(["student", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["03_train.ipynb", "04_analysis.ipynb"]
+    printed = capsys.readouterr().out
+    assert "03_train.ipynb (2 stubs)" in printed and "04_analysis.ipynb (4 stubs)" in printed
+    before = (out / "03_train.ipynb").read_text()
+    (out / "03_train.ipynb").write_text("my work")
+    assert main(["student", "--out", str(out)]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert (out / "03_train.ipynb").read_text() == "my work"
+    assert main(["student", "--out", str(out), "--force"]) == 0
+    assert (out / "03_train.ipynb").read_text() == before
+    assert main(["student", "--out", str(FOLDER)]) == 1
+    assert "is where the notebooks are" in capsys.readouterr().err
+    bad = tmp_path / "bad.ipynb"
+    nbformat.write(new_notebook(cells=[new_code_cell("# BEGIN SOLUTION\nx = 1")]), bad)
+    assert main(["student", str(bad), "--out", str(tmp_path / "o")]) == 1
+    assert "bad.ipynb, cell 0, line 1: BEGIN SOLUTION is never ended" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,171 @@
+"""The checks of a graded homework: each a named pass or fail with a one-line reason.
+
+``run_checks(rubric, reference, submission, execution)`` compares the records
+of a submission with the rubric and the reference run's records, and returns,
+in this order:
+
+``execution``
+    every notebook ran to the end: no cell raised, no time or memory limit was
+    hit, no output was dropped (``execution`` is the list of problems found);
+``record.NAME``
+    the record exists, is valid and of the kind the rubric needs (one per required
+    and informational record, and one for each other record that is invalid);
+``grid.NAME``
+    the figure shows an n×n grid of 28×28 images: one image whose two sides are n
+    tiles of 28 pixels with the same gap of 0-4 pixels between tiles
+    (``plots.tile_images`` makes 10·28 + 9·1 = 289), or n·n images of 28×28;
+``spec.KEY``
+    the recorded model spec has the value the rubric states;
+``metric.NAME``
+    the metric is within the rubric's tolerance of the reference's value (and was
+    computed with the same details, e.g. IWAE's ``k``, where the rubric asks).
+
+Checks count towards passing unless the rubric lists them as informational.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from vae_helpers import record
+from vae_helpers.recorded import FILE_PROBLEM, Records
+from vae_helpers.rubric import Rubric
+
+TILE = 28
+MAX_GAP = 4
+
+
+@dataclass
+class Check:
+    """One check: its name, whether it counts, whether it passed, and why."""
+
+    name: str
+    required: bool
+    passed: bool
+    reason: str
+
+    def to_dict(self) -> dict:
+        """The check as it is written to ``grade.json``."""
+        return asdict(self)
+
+
+def run_checks(rubric: Rubric, reference: Records, submission: Records,
+               execution: list[str]) -> list[Check]:
+    """All checks of ``submission`` (see the module's documentation)."""
+    found = [("execution", not execution, "; ".join(execution[:3])
+              + (f" (and {len(execution) - 3} more)" if len(execution) > 3 else "")
+              if execution else "every notebook ran to the end")]
+    kinds = {**{n: "figure" for n in rubric.grids}, **{n: "metric" for n in rubric.metrics},
+             **({record.SPEC_NAME: "spec"} if rubric.spec else {})}
+    listed = list(dict.fromkeys([*rubric.required, *rubric.informational]))
+    for name in listed:
+        found.append((f"record.{name}", *_record(submission, name, kinds.get(name))))
+    for name, problem in submission.problems.items():
+        if name not in listed and name != FILE_PROBLEM:
+            found.append((f"record.{name}", False, problem))
+    for name, n in rubric.grids.items():
+        found.append((f"grid.{name}", *_grid(submission, name, n)))
+    spec = submission.spec()
+    for key, want in rubric.spec.items():
+        found.append((f"spec.{key}", *_spec(spec, key, want)))
+    for name, rule in rubric.metrics.items():
+        found.append((f"metric.{name}", *_metric(reference, submission, name, rule)))
+    optional = {f"record.{n}" for n in rubric.informational} | set(rubric.informational_checks)
+    optional |= {f"record.{n}" for n in submission.problems if n not in listed}
+    required = {f"record.{n}" for n in rubric.required}
+    return [Check(name, name in required or name not in optional, passed, reason)
+            for name, passed, reason in found]
+
+
+def summary(checks: list[Check]) -> dict:
+    """Counts and the verdict: ``passed`` when every required check passed."""
+    required = [c for c in checks if c.required]
+    passed = sum(c.passed for c in required)
+    return {"passed": passed == len(required), "required_passed": passed,
+            "required": len(required), "score": round(passed / len(required), 4)
+            if required else 1.0, "failed": [c.name for c in checks if not c.passed]}
+
+
+def _missing(records: Records, name: str) -> str:
+    if name in records.problems:
+        return records.problems[name]
+    if FILE_PROBLEM in records.problems:
+        return records.problems[FILE_PROBLEM]
+    return "not recorded"
+
+
+def _record(records: Records, name: str, kind: str | None) -> tuple[bool, str]:
+    entry = records.entries.get(name)
+    if entry is None:
+        return False, _missing(records, name)
+    if kind is not None and entry["kind"] != kind:
+        return False, f"recorded as {_a(entry['kind'])}; it should be {_a(kind)}"
+    return True, f"{_a('valid ' + entry['kind'])}"
+
+
+def _a(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
+
+
+def tiles(size: int, n: int) -> int | None:
+    """The gap if ``size`` pixels are ``n`` tiles of 28 with equal gaps of 0-4, else None."""
+    if n == 1:
+        return 0 if size == TILE else None
+    spare = size - n * TILE
+    if spare < 0 or spare % (n - 1):
+        return None
+    gap = spare // (n - 1)
+    return gap if gap <= MAX_GAP else None
+
+
+def _grid(records: Records, name: str, n: int) -> tuple[bool, str]:
+    entry = records.entries.get(name)
+    if entry is None:
+        return False, f"no figure {name} to check ({_missing(records, name)})"
+    if entry["kind"] != "figure":
+        return False, f"{name} is not a figure"
+    shapes = [tuple(s[:2]) for s in entry["images"]]
+    for rows, cols in shapes:
+        gap = tiles(rows, n)
+        if gap is not None and tiles(cols, n) == gap:
+            return True, (f"an image of {rows}×{cols} pixels: {n}×{n} tiles of "
+                          f"{TILE}×{TILE} with a gap of {gap}")
+    if sum(shape == (TILE, TILE) for shape in shapes) == n * n:
+        return True, f"{n * n} images of {TILE}×{TILE}"
+    if not shapes:
+        return False, "the figure shows no image (draw the grid with imshow)"
+    seen = ", ".join(f"{r}×{c}" for r, c in shapes[:4]) + (" ..." if len(shapes) > 4 else "")
+    return False, (f"no {n}×{n} grid of {TILE}×{TILE} images: the figure shows "
+                   f"{len(shapes)} image{'s' if len(shapes) > 1 else ''} of {seen} pixels")
+
+
+def _spec(spec: dict | None, key: str, want) -> tuple[bool, str]:
+    if spec is None:
+        return False, f"no valid {record.SPEC_NAME} recorded"
+    if key not in spec:
+        return False, f"the spec does not state {key}"
+    have = spec[key]
+    if have == want and type(have) is type(want):
+        return True, f"{key} = {have!r}"
+    return False, f"{key} = {have!r}; the homework asks for {want!r}"
+
+
+def _metric(reference: Records, submission: Records, name: str, rule: dict) -> tuple[bool, str]:
+    ref = reference.entries.get(name)
+    if ref is None or ref["kind"] != "metric":
+        return False, f"the reference run has no metric {name} to compare with"
+    got = submission.entries.get(name)
+    if got is None:
+        return False, f"no metric {name} to compare ({_missing(submission, name)})"
+    if got["kind"] != "metric":
+        return False, f"{name} is not a metric"
+    for detail in rule["same_details"]:
+        mine, theirs = got["details"].get(detail), ref["details"].get(detail)
+        if mine != theirs:
+            return False, (f"{detail} = {mine!r} but the reference used {detail} = {theirs!r}: "
+                           "the values are not comparable")
+    value, expected, tolerance = got["value"], ref["value"], rule["tolerance"]
+    difference = value - expected
+    verdict = abs(difference) <= tolerance
+    return verdict, (f"{value:.2f} vs the reference's {expected:.2f}: a difference of "
+                     f"{difference:+.2f}, {'within' if verdict else 'beyond'} ±{tolerance:g}")

@@ -1,0 +1,145 @@
+"""Student versions of the homework notebooks: the solutions replaced by stubs.
+
+In the reference notebooks, the student's parts are marked inside code cells::
+
+    # BEGIN SOLUTION: draw 100 images from the model (VAE.sample)
+    samples = model.sample(100, seed=seed).numpy()
+    # END SOLUTION
+
+(the markers are comments, so the reference notebooks run as they are), or a whole
+code cell is tagged ``solution`` (its first comment line, if any, is the hint).
+``python -m vae_helpers student --out DIR`` writes copies in which each region
+becomes, at the same indentation::
+
+    # TODO: draw 100 images from the model (VAE.sample)
+    raise NotImplementedError("draw 100 images from the model (VAE.sample)")
+
+Everything else is kept, except the outputs, which are cleared (they would show
+the answers). A student version completed by the student records the same
+names as the reference, so the grader accepts it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?))?[ \t]*$")
+END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
+TAG = "solution"
+HOMEWORK = ("03_train", "04_analysis")
+DEFAULT_HINT = "complete this part"
+
+
+class StudentError(ValueError):
+    """Unbalanced solution markers, or an output that would be overwritten."""
+
+
+def stub(hint: str, indent: str = "") -> list[str]:
+    """The lines that replace a solution."""
+    literal = json.dumps(hint, ensure_ascii=False)
+    return [f"{indent}# TODO: {hint}", f"{indent}raise NotImplementedError({literal})"]
+
+
+def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
+    """``source`` with every marked region replaced by a stub; and how many there were.
+
+    Raises:
+        StudentError: an ``END`` without ``BEGIN``, a ``BEGIN`` inside a region, or a
+            region left open (the message names ``where`` and the line).
+    """
+    out, opened, count = [], None, 0
+    for number, line in enumerate(source.split("\n"), 1):
+        begin, end = BEGIN.match(line), END.match(line)
+        if begin:
+            if opened:
+                raise StudentError(f"{where}, line {number}: BEGIN SOLUTION inside the region "
+                                   f"opened on line {opened[0]}")
+            opened = (number, begin["indent"], begin["hint"] or DEFAULT_HINT)
+        elif end:
+            if not opened:
+                raise StudentError(f"{where}, line {number}: END SOLUTION without a "
+                                   "BEGIN SOLUTION")
+            out += stub(opened[2], opened[1])
+            opened, count = None, count + 1
+        elif not opened:
+            out.append(line)
+    if opened:
+        raise StudentError(f"{where}, line {opened[0]}: BEGIN SOLUTION is never ended "
+                           "(add # END SOLUTION)")
+    return "\n".join(out), count
+
+
+def solution_regions(source: str) -> list[str]:
+    """The code inside each marked region of ``source``, in order (markers excluded)."""
+    regions, current = [], None
+    for line in source.split("\n"):
+        if BEGIN.match(line):
+            current = []
+        elif END.match(line) and current is not None:
+            regions.append("\n".join(current))
+            current = None
+        elif current is not None:
+            current.append(line)
+    return regions
+
+
+def student_notebook(nb, name: str = "notebook") -> tuple:
+    """The student version of a notebook node (changed in place) and its number of stubs."""
+    from vae_helpers.pipeline import clean_notebook
+
+    count = 0
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        if TAG in cell.metadata.get("tags", []):
+            comments = [ln.strip().lstrip("#").strip() for ln in cell.source.split("\n")
+                        if ln.strip().startswith("#")]
+            cell.source = "\n".join(stub(comments[0] if comments else DEFAULT_HINT))
+            count += 1
+        else:
+            cell.source, found = strip_solutions(cell.source, f"{name}, cell {index}")
+            count += found
+        cell.outputs = []
+        cell.execution_count = None
+    return clean_notebook(nb), count
+
+
+def write_student_versions(notebooks, out, force: bool = False) -> list[tuple[Path, int]]:
+    """Write the student version of each notebook into ``out``; ``(path, stubs)`` each.
+
+    Raises:
+        StudentError: bad markers, or a file in ``out`` would be overwritten without
+            ``force``.
+        OSError: a notebook cannot be read.
+    """
+    import nbformat
+
+    from vae_helpers import io
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise StudentError(f"{out} exists and is not a directory; choose another --out")
+    sources = [Path(n) for n in notebooks]
+    targets = [out / s.name for s in sources]
+    clash = [t for s, t in zip(sources, targets, strict=True)
+             if t.exists() and t.resolve() != s.resolve()]
+    if clash and not force:
+        raise StudentError(f"{clash[0]} already exists; pass --force to replace it, or "
+                           "choose another --out")
+    if any(t.resolve() == s.resolve() for s, t in zip(sources, targets, strict=True)):
+        raise StudentError(f"--out {out} is where the notebooks are; choose another folder")
+    versions = []
+    for source in sources:
+        try:
+            nb = nbformat.read(source, as_version=4)
+        except (ValueError, AttributeError, TypeError) as err:
+            raise StudentError(f"{source} is not a readable notebook ({err})") from None
+        versions.append(student_notebook(nb, source.name))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for target, (nb, count) in zip(targets, versions, strict=True):
+        io.atomic_write_text(target, nbformat.writes(nb) + "\n")
+        written.append((target, count))
+    return written

@@ -1,0 +1,125 @@
+"""Watching the process tree that runs a notebook: memory and disk caps, and a clean kill.
+
+``Watchdog(child, memory_mb, (folder, disk_mb))`` samples, five times a second,
+the resident memory of ``child`` and all its descendants (the Jupyter kernel
+runs in a session of its own, so it is found through its parent, not its
+process group), and every 0.6 s the space allocated under ``folder``. Over a
+cap, it kills the whole tree with ``kill_tree``, which SIGKILLs the child's
+process group and every descendant and waits until they are gone.
+
+Resident memory is what is capped, not address space (``RLIMIT_AS``): the kernel
+of ``03_train`` reserves about 3 GB of addresses while using 1.1 GB, so a limit
+on addresses would either stop honest notebooks or mean little.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+
+MAX_FILES = 100_000
+"""The most files and folders a working directory under a disk cap may hold."""
+
+
+class Watchdog:
+    """Samples the resident memory of a process tree and the size of a directory; kills
+    the tree over ``cap_mb`` of memory or ``disk = (folder, cap in MB)``."""
+
+    def __init__(self, child: subprocess.Popen, cap_mb: float | None, disk=(None, None),
+                 interval: float = 0.2):
+        self.child, self.cap_mb, self.interval = child, cap_mb, interval
+        self.folder, self.disk_mb = disk
+        self.peak_mb = 0.0
+        self.killed = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.child.pid)
+        except psutil.Error:
+            return
+        rounds = 0
+        while not self._done.wait(self.interval):
+            rounds += 1
+            if self.disk_mb is not None and rounds % 3 == 0:
+                used = disk_usage(self.folder)
+                if used is None or used > self.disk_mb * 2**20:
+                    self.killed = "disk"
+                    kill_tree(self.child)
+                    return
+            total = 0
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            for proc in procs:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            if self.cap_mb is not None and total > self.cap_mb * 2**20:
+                self.killed = "memory"
+                kill_tree(self.child)
+                return
+
+    def stop(self) -> str | None:
+        """Stop watching; ``"memory"`` or ``"disk"`` if the tree was killed over a cap."""
+        self._done.set()
+        self._thread.join()
+        return self.killed
+
+
+def disk_usage(folder, max_files: int | None = None) -> int | None:
+    """Bytes allocated to the files under ``folder`` (symbolic links not followed), or
+    ``None`` when it holds more than ``max_files`` entries (default ``MAX_FILES``)."""
+    max_files = MAX_FILES if max_files is None else max_files
+    total, seen, pending = 0, 0, [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    seen += 1
+                    if seen > max_files:
+                        return None
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(entry.path)
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_blocks * 512
+                    except OSError:
+                        pass
+        except OSError:
+            pass
+    return total
+
+
+def kill_tree(child: subprocess.Popen) -> None:
+    """SIGKILL the child, its process group and every descendant (the kernel has its own
+    session, so the group alone would miss it)."""
+    import psutil
+
+    try:
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in descendants:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    try:
+        child.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    psutil.wait_procs(descendants, timeout=30)  # a killed process may take a moment to go
