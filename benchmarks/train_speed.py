@@ -334,7 +334,8 @@ def measure_fit(x_train, batch: int, epochs: int) -> dict:
     from vae_helpers.train import fit
 
     model = VAE(seed=0)
-    history = fit(model, x_train, epochs=1 + epochs, batch_size=batch, progress=False)
+    history = fit(model, x_train, epochs=1 + epochs, batch_size=batch, progress=False,
+                  jit_compile=True)
     seconds = [float(s) for s in history.column("seconds")]
     images = (len(x_train) // batch) * batch
     rates = [images / s for s in seconds[1:]]

@@ -582,3 +582,22 @@ def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
             lr_schedule="cosine", lr_decay_epochs=3, **kwargs)
+
+
+def test_xla_only_for_runs_long_enough_to_pay_for_its_compilation(digits, monkeypatch):
+    from vae_helpers import train
+
+    seen = []
+    original = train._Trainer
+
+    def spy(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        seen.append(trainer.run_steps._jit_compile)
+        return trainer
+
+    monkeypatch.setattr(train, "_Trainer", spy)
+    monkeypatch.setattr(train, "XLA_MIN_STEPS", 16)             # 1024 images: 8 steps an epoch
+    fit(VAE(**SMALL), digits[:1024], epochs=1, progress=False)
+    fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False)
+    fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False, jit_compile=False)
+    assert seen == [False, True, False]
