@@ -174,11 +174,16 @@ def test_iwae_is_deterministic_and_independent_of_batch_and_chunk_sizes(ppca):
     assert np.all(other != ref)
 
 
-def test_iwae_is_the_same_eager_and_compiled(ppca):
+def test_iwae_is_the_same_eager_as_a_graph_and_with_xla(ppca, monkeypatch):
     model, x = ppca["model"], ppca["x"][:4]
     _set_encoder(model, ppca["a"], ppca["b"], ppca["post_var"], shift=0.6, var_scale=3.0)
+    assert 4 * 12 < evaluate.XLA_MIN_SAMPLES                   # a graph without XLA
+    graph = evaluate.iwae_log_likelihood(model, x, k=12, chunk=5, batch_size=3,
+                                         per_example=True)
+    monkeypatch.setattr(evaluate, "XLA_MIN_SAMPLES", 1)        # compiled with XLA
     compiled = evaluate.iwae_log_likelihood(model, x, k=12, chunk=5, batch_size=3,
                                             per_example=True)
+    np.testing.assert_allclose(graph, compiled, rtol=1e-5, atol=1e-4)
     tf.config.run_functions_eagerly(True)
     try:
         eager = evaluate.iwae_log_likelihood(model, x, k=12, chunk=5, batch_size=3,

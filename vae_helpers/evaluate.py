@@ -47,6 +47,8 @@ How the IWAE estimate is made fast
       give the same numbers up to float rounding.
     * All of it runs inside one XLA-compiled call per batch of images; the last,
       smaller batch is padded to the same shape, so it is not compiled again.
+      (Estimates over fewer than ``XLA_MIN_SAMPLES`` samples run the same graph
+      without XLA, whose compilation would take longer than they do.)
 
 Bits per dimension
     For a density on dequantized pixels :math:`y = (\text{pixel} + u)/256` in
@@ -86,6 +88,9 @@ SAMPLES_PER_CALL = 2**19
 FACTOR_MIN_CHUNK = 256
 #: Switching hidden units handled per step of the factored first layer.
 FACTOR_GROUP = 32
+#: Estimates over at least this many samples (images times k) are compiled with XLA;
+#: smaller ones (tests, the smoke profile) skip its compilation of a few seconds.
+XLA_MIN_SAMPLES = 10**6
 
 
 def prepare_eval_data(x, variant: str, seed: int = TEST_SEED) -> tf.Tensor:
@@ -126,8 +131,10 @@ def evaluate_elbo(model, x, n_samples: int = 1, batch_size: int = 2000, seed: in
         per_example: return arrays ``[N]`` instead of means.
     """
     x = tf.convert_to_tensor(x, tf.float32)
+    # A graph without XLA: a forward pass over the test set runs as fast either way, and
+    # XLA's compilation (seconds per model) would be paid for nothing.
     step = _compiled(model, "_elbo_fn", lambda: tf.function(
-        lambda xb, s, k: model.elbo_terms(xb, k, seed=s), jit_compile=True))
+        lambda xb, s, k: model.elbo_terms(xb, k, seed=s), jit_compile=False))
     parts = [[], [], []]
     for i, (a, b) in enumerate(_batches(int(x.shape[0]), batch_size)):
         out = step(x[a:b], stateless_seed(seed, SALT_EVAL, i), n_samples)
@@ -227,7 +234,7 @@ def _log_likelihood(model, z, x, factored: bool):
     return model.likelihood(logits[:, None, :]).log_prob(x)
 
 
-def _iwae_batch_fn(model):
+def _iwae_batch_fn(model, jit: bool):
     def iwae_batch(xb, count, seed, start, k: int, chunk: int, factored: bool):
         """The bound of images ``xb[:count]``; image i's samples are seeded with ``start + i``."""
         n_chunks = -(-k // chunk)
@@ -266,7 +273,7 @@ def _iwae_batch_fn(model):
         _, values = tf.while_loop(lambda i, _: i < count, image, [tf.constant(0), values])
         return values.stack() - math.log(k)
 
-    return tf.function(iwae_batch, jit_compile=True)
+    return tf.function(iwae_batch, jit_compile=jit)
 
 
 def iwae_log_likelihood(model, x, k: int = 5000, batch_size: int | None = None,
@@ -313,7 +320,9 @@ def iwae_log_likelihood(model, x, k: int = 5000, batch_size: int | None = None,
         batch_size = SAMPLES_PER_CALL // k
     batch_size = int(max(1, min(batch_size, n)))
     factored = chunk >= FACTOR_MIN_CHUNK and _factorable(model)
-    fn = _compiled(model, "_iwae_fn", lambda: _iwae_batch_fn(model))
+    jit = n * k >= XLA_MIN_SAMPLES
+    fn = _compiled(model, f"_iwae_fn_{'xla' if jit else 'graph'}",
+                   lambda: _iwae_batch_fn(model, jit))
     seed = stateless_seed(seed, SALT_EVAL, 1)
     out = []
     bar = None
