@@ -37,3 +37,15 @@ def fake_mnist(tmp_path_factory) -> Path:
     np.savez(path, **make_fake_mnist())
     return path
 
+
+@pytest.fixture(scope="session")
+def blob_digits():
+    """``make(templates, density, noise)``: 1280 synthetic uint8 "digits" [1280, 28, 28] and
+    their labels, each a random blob template (``density`` of its pixels on) plus noise."""
+    def make(templates: int, density: float, noise: int, n: int = 1280, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        masks = (rng.uniform(size=(templates, SIDE, SIDE)) < density) * 255
+        labels = rng.integers(0, templates, size=n)
+        images = np.clip(masks[labels] + rng.integers(0, noise, size=(n, SIDE, SIDE)), 0, 255)
+        return images.astype(np.uint8), labels
+    return make

@@ -227,12 +227,8 @@ def test_all_codes_enumerates_every_one_hot_code_once():
 
 
 @pytest.mark.parametrize("estimator", ["exact", "relaxed"])
-def test_a_short_training_run_raises_the_true_elbo(estimator):
-    rng = np.random.default_rng(0)
-    templates = (rng.uniform(size=(4, 28, 28)) < 0.3) * 255
-    labels = rng.integers(0, 4, size=1280)
-    digits = np.clip(templates[labels] + rng.integers(0, 40, size=(1280, 28, 28)), 0, 255)
-    digits = digits.astype(np.uint8)
+def test_a_short_training_run_raises_the_true_elbo(estimator, blob_digits):
+    digits, _ = blob_digits(templates=4, density=0.3, noise=40)
     model = CategoricalVAE(num_classes=4, hidden_units=[64], estimator=estimator,
                            anneal_epochs=5.0)
     held_out = evaluate.prepare_eval_data(digits[-256:], "binarized")

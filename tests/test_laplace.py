@@ -141,12 +141,8 @@ def test_laplace_model_iwae_bound_sits_above_its_elbo():
 
 
 @pytest.mark.parametrize("posterior", ["laplace", "normal"])
-def test_short_training_with_a_laplace_prior_raises_the_elbo(posterior):
-    rng = np.random.default_rng(0)
-    templates = (rng.uniform(size=(10, 28, 28)) < 0.15) * 255
-    labels = rng.integers(0, 10, size=1280)
-    digits = np.clip(templates[labels] + rng.integers(0, 60, size=(1280, 28, 28)), 0, 255)
-    digits = digits.astype(np.uint8)
+def test_short_training_with_a_laplace_prior_raises_the_elbo(posterior, blob_digits):
+    digits, _ = blob_digits(templates=10, density=0.15, noise=60)
     model = VAE(prior="laplace", posterior=posterior, hidden_units=[64])
     held_out = evaluate.prepare_eval_data(digits[-256:], "dequantized")
     before = evaluate.evaluate_elbo(model, held_out, n_samples=10)["elbo"]

@@ -281,7 +281,16 @@ def make_prior(name: str, latent_dim: int, scale: float = 1.0):
 
 
 # --------------------------------------------------------------------------- posteriors
-class DiagonalNormalPosterior:
+class _LocationScaleFamily:
+    """A factorized family whose inference network outputs a location and a raw scale
+    parameter per latent dimension (``2 P`` numbers per image)."""
+
+    def __init__(self, latent_dim: int):
+        self.latent_dim = latent_dim
+        self.num_params = 2 * latent_dim
+
+
+class DiagonalNormalPosterior(_LocationScaleFamily):
     """:math:`q(z \\mid x) = \\mathcal N(\\mu, \\mathrm{diag}\\,\\sigma^2)`.
 
     The inference network outputs ``2 P`` numbers per image: the means, and
@@ -292,10 +301,6 @@ class DiagonalNormalPosterior:
 
     kind = "normal"
     variance_floor = 1e-6
-
-    def __init__(self, latent_dim: int):
-        self.latent_dim = latent_dim
-        self.num_params = 2 * latent_dim
 
     def variance(self, raw: tf.Tensor) -> tf.Tensor:
         return tf.nn.softplus(raw) + self.variance_floor
@@ -308,7 +313,7 @@ class DiagonalNormalPosterior:
         return {"posterior": self.kind, "variance": "softplus + 1e-6"}
 
 
-class LaplacePosterior:
+class LaplacePosterior(_LocationScaleFamily):
     """:math:`q(z \\mid x) = \\prod_j \\mathrm{Lap}(z_j; \\mu_j, b_j)`.
 
     The inference network outputs ``2 P`` numbers per image: the locations, and
@@ -320,10 +325,6 @@ class LaplacePosterior:
 
     kind = "laplace"
     scale_floor = 1e-3
-
-    def __init__(self, latent_dim: int):
-        self.latent_dim = latent_dim
-        self.num_params = 2 * latent_dim
 
     def scale(self, raw: tf.Tensor) -> tf.Tensor:
         return tf.nn.softplus(raw) + self.scale_floor

@@ -34,7 +34,7 @@ from pathlib import Path
 from vae_helpers import execution, io
 from vae_helpers.locks import LOCK_NAME, run_lock
 
-STAGES = ("01_math", "02_build", "03_train", "04_analysis")
+STAGES = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
 KERNEL = execution.KERNEL
 STATE_FILE = "pipeline.json"
 RUN_DIR_PARAMETER = "run_dir"
