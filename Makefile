@@ -34,7 +34,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 	$(BIN)/python -m vae_helpers pipeline --profile smoke --out runs/smoke --force --no-progress
-	VAE_RUNS_ROOT=$(abspath $(NBVAL_RUNS)) $(BIN)/python -m pytest -p no:cacheprovider \
+	VAE_PROGRESS=text VAE_RUNS_ROOT=$(abspath $(NBVAL_RUNS)) $(BIN)/python -m pytest -p no:cacheprovider \
 	  --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 notebooks
 
 clean:

@@ -100,6 +100,14 @@ def test_categorical_kl_against_uniform_prior_is_the_closed_form(tiny):
     assert np.all(closed >= 0) and np.all(closed <= model.num_variables * math.log(3) + 1e-6)
 
 
+def test_the_kl_of_each_variable_sums_to_the_kl_term(tiny):
+    model, x = tiny
+    per_variable = model.kl_per_variable(x)
+    assert per_variable.shape == (7, 2) and np.all(per_variable >= -1e-6)
+    np.testing.assert_allclose(per_variable.sum(1), model.elbo_terms(x)[2].numpy(),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_iwae_of_a_discrete_model_climbs_to_the_exact_log_likelihood(tiny):
     _, x = tiny
     # weights of order 0.5: q covers the codes well enough for one estimate with k = 4000

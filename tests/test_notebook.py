@@ -47,6 +47,8 @@ def test_runs_root_variable_and_absolute_paths(monkeypatch, tmp_path):
     monkeypatch.setenv(notebook.RUNS_ROOT_ENV, str(tmp_path))
     assert notebook.resolve_run_dir("runs/x") == tmp_path.resolve() / "runs" / "x"
     assert notebook.resolve_run_dir(tmp_path / "abs") == tmp_path / "abs"
+    # printed the same way as without the variable: relative to where it resolved from
+    assert notebook.display_path(notebook.resolve_run_dir("runs/x")) == "runs/x"
 
 
 def test_check_close_prints_a_stable_verdict(capsys):

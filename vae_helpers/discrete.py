@@ -338,6 +338,17 @@ class CategoricalVAE(VAE):
         """The mean of p(x | z) at the most probable code of q(z | x)."""
         return self.generate(self.infer(x).distribution.mode()).mean()
 
+    def kl_per_variable(self, x) -> np.ndarray:
+        """KL(q(z_m | x) || uniform) of each variable for each image: ``[B, M]`` nats.
+
+        They sum to the KL term of the ELBO; a variable whose KL stays near 0 for every
+        image carries no information about x (it is unused).
+        """
+        logits = self.posterior.logits(self.encoder(tf.convert_to_tensor(x, tf.float32)))
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        kl = tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1) + math.log(self.num_classes)
+        return kl.numpy()
+
     def assign(self, x) -> np.ndarray:
         """The most probable class of each variable for each image: ``[B, M]`` ints."""
         logits = self.posterior.logits(self.encoder(tf.convert_to_tensor(x, tf.float32)))

@@ -57,11 +57,15 @@ def resolve_run_dir(run_dir) -> Path:
 
 
 def display_path(path) -> str:
-    """``path`` relative to the project's checkout when inside it (for printing)."""
+    """``path`` for printing: relative to ``$VAE_RUNS_ROOT`` when set and inside it
+    (the base ``resolve_run_dir`` used), else to the project's checkout when inside
+    it, else absolute. A run directory parameter ``runs/homework`` therefore prints
+    as ``runs/homework/...`` wherever the runs are kept."""
     path = Path(path).resolve()
-    root = project_root()
-    if root is not None and path.is_relative_to(root):
-        return str(path.relative_to(root))
+    runs_root = os.environ.get(RUNS_ROOT_ENV)
+    for root in (Path(runs_root).resolve() if runs_root else None, project_root()):
+        if root is not None and path.is_relative_to(root):
+            return str(path.relative_to(root))
     return str(path)
 
 
