@@ -344,10 +344,8 @@ class CategoricalVAE(VAE):
         They sum to the KL term of the ELBO; a variable whose KL stays near 0 for every
         image carries no information about x (it is unused).
         """
-        logits = self.posterior.logits(self.encoder(tf.convert_to_tensor(x, tf.float32)))
-        log_probs = tf.nn.log_softmax(logits, axis=-1)
-        kl = tf.reduce_sum(tf.exp(log_probs) * log_probs, axis=-1) + math.log(self.num_classes)
-        return kl.numpy()
+        q = self.infer(tf.convert_to_tensor(x, tf.float32)).distribution   # batch [B, M]
+        return dist.kl_divergence(q, self.prior().distribution).numpy()
 
     def assign(self, x) -> np.ndarray:
         """The most probable class of each variable for each image: ``[B, M]`` ints."""
