@@ -25,7 +25,9 @@ The presets
         (same model).
     ``best-50d``
         50 latent dimensions, two hidden layers of 512 ReLU units, Bernoulli
-        likelihood, as many epochs as fit in 30 minutes of training on 2 CPU cores.
+        likelihood, as many epochs as fit in 30 minutes of training on 2 CPU cores:
+        a few epochs of the same model are timed first (``calibrate_epochs``) and the
+        run gets the most epochs that fit in 90% of the budget (``--budget-minutes``).
         Anchor and target: Burda, Grosse & Salakhutdinov (2016), "Importance
         Weighted Autoencoders", Table 1: the VAE with one stochastic layer of 50
         units, trained for 3,280 epochs on dynamically binarized MNIST, has a test
@@ -36,20 +38,21 @@ The presets
         ``homework-bernoulli``. There is no published anchor for these exact models;
         they are reported side by side (test ELBO, IWAE-5000, bits/dim).
 
-Options that shrink a run (``--epochs``, ``--n-train``, ``--n-test``, ``--iwae-k``)
-are for checking the script: the table then still says met / NOT met, but marks the
-verdicts as not comparable with the targets and says why.
+Options that shrink a run (``--epochs``, ``--n-train``, ``--n-test``, ``--iwae-k``,
+another ``--budget-minutes``) are for checking the script: the table then still says
+met / NOT met, but marks the verdicts as not comparable with the targets and says why.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
-from vae_helpers.argtypes import non_negative_int, positive_int, seed_int
+from vae_helpers.argtypes import non_negative_int, positive_float, positive_int, seed_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
 N_TRAIN, N_TEST = 60000, 10000
@@ -73,23 +76,24 @@ HOMEWORK_TRAINING = dict(
 )
 
 # best-50d: 784-512-512-100 encoder, 50-512-512-784 decoder (1.4 M parameters).
-# * epochs from the measured speed: on the idle 2-core reference machine (AMD EPYC,
-#   TF 2.21, no other process running) one epoch of 60,000 images at batch 128,
-#   with this preset's schedule and the per-epoch test ELBO, took 5.2 s and 6.0 s in
-#   two measurements (the first epoch, which compiles, 10.7-11.1 s). 250 epochs thus
-#   train in about 22-25 min, a margin of 5-8 min below the 30 allowed for noise;
-#   300 epochs at 6.0 s would be exactly 30 min;
+# * epochs from a time budget: the machine's speed differs from day to day (an epoch
+#   of this model took 5.2-6.0 s on the idle 2-core reference machine on one day and
+#   about 10 s on another), so a fixed count either wastes the budget or overruns it.
+#   Before training, `calibrate_epochs` times CALIBRATION_EPOCHS epochs of the same
+#   model (the first compiles and is timed apart) and picks the most epochs that fit
+#   in (1 - BUDGET_MARGIN) of the budget; the schedule below is then laid over them;
 # * Adam 1e-3, one-epoch warm-up, cosine decay to 1e-5 over the run;
 # * a KL warm-up of 20 epochs, against inactive latent units (units whose posterior
 #   stays at the prior), which a 50-D VAE trained at beta = 1 from the start has many of;
 # * weights from N(0, 0.05²) instead of the homework's 0.01: with two hidden layers
 #   the homework's scale shrinks the signal about six-fold per layer at the start.
-EPOCHS_50D = 250
+BUDGET_MARGIN = 0.1  # share of the budget kept free for the machine's noise
+CALIBRATION_EPOCHS = 3  # one that compiles, two timed
 BEST_50D_MODEL = dict(latent_dim=50, hidden_units=[512, 512], init_stddev=0.05)
 BEST_50D_TRAINING = dict(
-    epochs=EPOCHS_50D, batch_size=128, learning_rate=1e-3, lr_schedule="cosine",
+    epochs=None, batch_size=128, learning_rate=1e-3, lr_schedule="cosine",
     final_learning_rate=1e-5, lr_warmup_epochs=1.0, kl_warmup_epochs=20.0,
-)
+)  # epochs=None: from the time budget
 
 PLAIN = ("plain", "a plain implementation of exactly this model, as quoted in the issue "
                   "that asked for this benchmark")
@@ -137,14 +141,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             "Train a preset VAE on MNIST, evaluate it on the test set (ELBO, IWAE-k, "
             "bits/dim where defined) and compare it with its anchor and target. Needs "
             "VAE_MNIST (the path of mnist.npz) unless MNIST is in the Keras cache. The "
-            "full presets take about 10 (homework) to 40 minutes (best-50d); shrink "
-            "a run with --epochs/--n-train/--n-test/--iwae-k to check the script."
+            "full presets take about 10 (homework) to 40 minutes (best-50d: 30 minutes "
+            "of training, then the evaluation); shrink a run with --epochs/--n-train/"
+            "--n-test/--iwae-k to check the script."
         ),
     )
     parser.add_argument("--preset", required=True, choices=list(PRESETS),
                         help="what to train (see the module docs or benchmarks/README.md)")
     parser.add_argument("--epochs", type=positive_int, default=None,
-                        help="train this many epochs instead of the preset's")
+                        help="train this many epochs instead of the preset's (for "
+                             "best-50d: instead of as many as fit in its time budget)")
+    parser.add_argument("--budget-minutes", type=positive_float, default=None, metavar="M",
+                        help="best-50d only: minutes of training the epochs are chosen "
+                             f"for (default: {BUDGET_SECONDS // 60})")
     parser.add_argument("--n-train", type=positive_int, default=None,
                         help="train on the first N training images only (default: all)")
     parser.add_argument("--n-test", type=positive_int, default=None,
@@ -176,9 +185,15 @@ def run_settings(preset: dict, args) -> dict:
     """The preset's training settings with the command line's overrides.
 
     Another ``--epochs`` scales the warm-ups with it, so that the run has the preset's
-    schedule, compressed or stretched (the decay spans the run in any case).
+    schedule, compressed or stretched (the decay spans the run in any case). A preset
+    whose epochs come from its time budget (``epochs`` None) keeps its warm-ups as they
+    are: ``main`` fills in the epochs.
     """
     training = dict(preset["training"])
+    if training["epochs"] is None:
+        if args.epochs is not None:
+            training["epochs"] = args.epochs
+        return training
     if args.epochs is not None and args.epochs != training["epochs"]:
         scale = args.epochs / training["epochs"]
         for name in ("lr_warmup_epochs", "kl_warmup_epochs"):
@@ -191,9 +206,15 @@ def run_settings(preset: dict, args) -> dict:
 def not_comparable(preset: dict, training: dict, args) -> list[str]:
     """Why this run's numbers cannot be held against the preset's targets (empty: they can)."""
     reasons = []
-    if training["epochs"] != preset["training"]["epochs"]:
-        reasons.append(f"{training['epochs']} epoch(s), not the preset's "
-                       f"{preset['training']['epochs']}")
+    planned = preset["training"]["epochs"]
+    if planned is None and args.epochs is not None:
+        reasons.append(f"{args.epochs} epoch(s) given, not as many as fit in the time budget")
+    elif planned is not None and training["epochs"] != planned:
+        reasons.append(f"{training['epochs']} epoch(s), not the preset's {planned}")
+    budget = preset.get("budget_seconds")
+    if budget and args.budget_minutes is not None and args.budget_minutes * 60 != budget:
+        reasons.append(f"epochs chosen for {args.budget_minutes:g} minutes of training, "
+                       f"the target is {budget / 60:g}")
     if args.n_train is not None and args.n_train < N_TRAIN:
         reasons.append(f"trained on {args.n_train} of the {N_TRAIN:,} training images")
     if args.n_test is not None and args.n_test < N_TEST:
@@ -201,6 +222,74 @@ def not_comparable(preset: dict, training: dict, args) -> list[str]:
     if "iwae" in preset["targets"] and args.iwae_k != IWAE_K:
         reasons.append(f"IWAE with k={args.iwae_k}, the target is for k={IWAE_K}")
     return reasons
+
+
+def calibrate_epochs(preset: dict, training: dict, budget_seconds: float, seed: int,
+                     data_path=None, n_train: int | None = None,
+                     n_test: int | None = None) -> dict:
+    """The most epochs of ``preset`` that train within ``budget_seconds`` on this machine.
+
+    Trains a fresh copy of the preset's model for ``CALIBRATION_EPOCHS`` epochs on the
+    run's data, exactly as the run will (same batch size, schedule and per-epoch test
+    ELBO), without a checkpoint. The first epoch includes the XLA compilation; the mean
+    of the others is the epoch time. The run's first epoch compiles too, so
+
+        epochs = floor(((1 - BUDGET_MARGIN) * budget - (first - epoch)) / epoch).
+
+    Returns the epochs with the measurements behind them (seconds, margin, budget).
+    """
+    from vae_helpers import data as data_lib
+    from vae_helpers.model import build_model
+    from vae_helpers.train import fit
+
+    (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
+    x_train = x_train[:n_train] if n_train else x_train
+    x_test = x_test[:n_test] if n_test else x_test
+    model = build_model(seed=seed, **preset["model"])
+    schedule = {k: v for k, v in training.items() if k not in ("epochs", "batch_size",
+                                                                  "learning_rate")}
+    schedule["lr_decay_epochs"] = CALIBRATION_EPOCHS + 1.0  # any horizon: the cost is the same
+    started = time.perf_counter()
+    history = fit(model, x_train, epochs=CALIBRATION_EPOCHS,
+                  batch_size=training["batch_size"], learning_rate=training["learning_rate"],
+                  seed=seed, x_test=x_test, progress=False, **schedule)
+    seconds = [float(row["seconds"]) for row in history.rows]
+    epoch = sum(seconds[1:]) / len(seconds[1:])
+    usable = (1 - BUDGET_MARGIN) * budget_seconds - (seconds[0] - epoch)
+    return {"epochs": max(1, math.floor(usable / epoch)), "budget_seconds": budget_seconds,
+            "margin": BUDGET_MARGIN, "epoch_seconds": epoch, "first_epoch_seconds": seconds[0],
+            "calibration_seconds": time.perf_counter() - started}
+
+
+def budget_epochs(preset: dict, training: dict, args, out: Path) -> tuple[int, dict | None]:
+    """The epochs of a budgeted preset: those of the run being resumed, or calibrated."""
+    from vae_helpers import io
+    from vae_helpers.train import completed_epochs
+
+    config = out / "config.json"
+    if args.resume and config.exists() and completed_epochs(out / "checkpoint") > 0:
+        try:
+            epochs = int(io.read_json(config)["training"]["epochs"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"cannot read the epochs of the run to resume from {config} "
+                             f"({err}); pass --epochs N to say them") from err
+        print(f"--resume: the run in {out} keeps its {epochs} epochs", file=sys.stderr)
+        return epochs, None
+    if not (args.resume or args.force) and (
+            completed_epochs(out / "checkpoint") > 0 or (out / "metrics.json").exists()):
+        # refused here, not after the calibration, as train_run would refuse it
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it, --force "
+                         "to replace it, or choose another --out")
+    budget = (args.budget_minutes * 60 if args.budget_minutes is not None
+              else preset["budget_seconds"])
+    print(f"timing {CALIBRATION_EPOCHS} epochs to fit the training into {budget / 60:g} "
+          "minutes ...", file=sys.stderr)
+    calibration = calibrate_epochs(preset, training, budget, args.seed, args.data,
+                                   args.n_train, args.n_test)
+    print(f"an epoch takes {calibration['epoch_seconds']:.1f} s (the first, which compiles, "
+          f"{calibration['first_epoch_seconds']:.1f} s): {calibration['epochs']} epochs fit "
+          f"in {100 * (1 - BUDGET_MARGIN):.0f}% of the budget", file=sys.stderr)
+    return calibration["epochs"], calibration
 
 
 def default_paths(args, shrunk: bool) -> tuple[Path, Path]:
@@ -282,6 +371,15 @@ def render(results: dict) -> str:
         f"training: {m['epochs']} epoch{'' if m['epochs'] == 1 else 's'}, "
         f"{schedule_text(training)}, "
         f"{results['num_parameters']:,} parameters",
+    ]
+    cal = results.get("calibration")
+    if cal:
+        lines.append(
+            f"epochs  : from the {cal['budget_seconds'] / 60:g}-minute budget: {cal['epochs']} "
+            f"epochs of {cal['epoch_seconds']:.1f} s (the first {cal['first_epoch_seconds']:.1f}"
+            f" s) fill {100 * (1 - cal['margin']):.0f}% of it (timed over "
+            f"{CALIBRATION_EPOCHS} epochs before the run, {cal['calibration_seconds']:.0f} s)")
+    lines += [
         f"time    : training {m['train_seconds']:.0f} s ({minutes:.1f} min), whole run "
         f"{results['run_wall_seconds']:.0f} s; machine {results['machine']['cpu_model']}, "
         f"{results['machine']['cpu_count']} CPUs; others used "
@@ -374,8 +472,17 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     preset = PRESETS[args.preset]
     training = run_settings(preset, args)
+    budgeted = preset["training"]["epochs"] is None
+    if args.budget_minutes is not None and not budgeted:
+        print(f"error: --budget-minutes applies to best-50d only; {args.preset} trains a "
+              f"fixed {preset['training']['epochs']} epochs (use --epochs to change them)",
+              file=sys.stderr)
+        return 2
     reasons = not_comparable(preset, training, args)
-    shrunk = training["epochs"] != preset["training"]["epochs"] or args.n_train is not None
+    shrunk = (args.epochs is not None and args.epochs != preset["training"]["epochs"]
+              or args.n_train is not None
+              or budgeted and args.budget_minutes is not None
+              and args.budget_minutes * 60 != preset["budget_seconds"])
     out, json_path = default_paths(args, shrunk)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -400,7 +507,10 @@ def main(argv=None) -> int:
     command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None
                                                           else sys.argv[1:])])
     meter = CpuMeter()
+    calibration = None
     try:
+        if training["epochs"] is None:
+            training["epochs"], calibration = budget_epochs(preset, training, args, out)
         metrics = train_run(out, seed=args.seed, iwae_k=args.iwae_k, n_train=args.n_train,
                             n_test=args.n_test, data_path=args.data, resume=args.resume,
                             force=args.force, progress=not args.no_progress,
@@ -422,6 +532,7 @@ def main(argv=None) -> int:
         "out": str(out),
         "model": preset["model"],
         "training": training,
+        "calibration": calibration,
         "num_parameters": metrics["num_parameters"],
         "seed": args.seed,
         "n_train": args.n_train or N_TRAIN,
