@@ -53,7 +53,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-from train_speed import CpuMeter, _load_average, _note, _share, machine_description
+from train_speed import (
+    CpuMeter,
+    _load_average,
+    _note,
+    _share,
+    json_unwritable,
+    load_mnist_or_say_why,
+    machine_description,
+    noise_note,
+)
 
 from vae_helpers.argtypes import non_negative_int, positive_int, seed_int
 
@@ -245,12 +254,7 @@ def render(results: dict) -> str:
     cpus = [r.get("cpu")]
     if plain is not None:
         cpus += [plain.get("cpu"), plain["factored_same_images"].get("cpu")]
-    shares = [c["others_cpu_share"] for c in cpus
-              if c and c.get("others_cpu_share") is not None]
-    if shares and max(shares) > 0.1:
-        lines.append(f"Note: other processes used up to {100 * max(shares):.0f}% of the CPUs "
-                     "during the measurements; the numbers are noisy (rerun on an idle "
-                     "machine).")
+    lines += noise_note(cpus)
     lines.append(f"Total script time: {results['script_seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -263,20 +267,15 @@ def main(argv=None) -> int:
 
     from vae_helpers import evaluate, io
     from vae_helpers._tf import tf, tfp
-    from vae_helpers.data import DataError, load_mnist
     from vae_helpers.runs import RunError
 
-    try:
-        (x_train, _), (x_test, _) = load_mnist()
-    except DataError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    mnist = load_mnist_or_say_why()
+    if mnist is None:
         return 1
-    try:  # find out now, not after minutes of measuring, whether the JSON can be written
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(args.json.with_name(f".{args.json.name}.check"), {})
-        args.json.with_name(f".{args.json.name}.check").unlink()
-    except OSError as err:
-        print(f"error: cannot write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+    (x_train, _), (x_test, _) = mnist
+    problem = json_unwritable(args.json)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
     try:
         model, origin = get_model(args, x_train)

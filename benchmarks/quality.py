@@ -486,7 +486,8 @@ def main(argv=None) -> int:
     out, json_path = default_paths(args, shrunk)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_speed import CpuMeter, machine_description  # this folder's speed benchmark
+    # from this folder's speed benchmark
+    from train_speed import CpuMeter, json_unwritable, machine_description
 
     from vae_helpers import io
     from vae_helpers._tf import tf, tfp
@@ -495,13 +496,9 @@ def main(argv=None) -> int:
     from vae_helpers.runs import RunError, train_run
     from vae_helpers.train import CheckpointError, TrainingDiverged
 
-    try:  # find out now, not after the training, whether the JSON can be written
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        check = json_path.with_name(f".{json_path.name}.check")
-        io.write_json(check, {})
-        check.unlink()
-    except OSError as err:
-        print(f"error: cannot write --json {json_path}: {err.strerror or err}", file=sys.stderr)
+    problem = json_unwritable(json_path)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
 
     command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None

@@ -438,6 +438,44 @@ def _share(cpu: dict | None) -> str:
     return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
+def load_mnist_or_say_why():
+    """MNIST as ``vae_helpers.data.load_mnist`` returns it, or ``None`` after printing why
+    it could not be loaded (where to put the file, which variable names it)."""
+    from vae_helpers.data import DataError, load_mnist
+
+    try:
+        return load_mnist()
+    except DataError as err:
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+        return None
+
+
+def json_unwritable(path: Path) -> str | None:
+    """Why the results cannot be written to ``path`` (``None``: they can), found out
+    before minutes of measuring rather than after."""
+    from vae_helpers import io
+
+    check = path.with_name(f".{path.name}.check")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        io.write_json(check, {})
+        check.unlink()
+    except OSError as err:
+        return f"cannot write --json {path}: {err.strerror or err}"
+    return None
+
+
+def noise_note(cpus) -> list[str]:
+    """A line warning that the numbers are noisy if other processes used > 10% of the CPUs
+    during any of the measurements ``cpus`` (``CpuMeter.stop`` results or ``None``)."""
+    shares = [c["others_cpu_share"] for c in cpus
+              if c and c.get("others_cpu_share") is not None]
+    if not shares or max(shares) <= 0.1:
+        return []
+    return [f"Note: other processes used up to {100 * max(shares):.0f}% of the CPUs during "
+            "the measurements; the numbers are noisy (rerun on an idle machine)."]
+
+
 def render(results: dict) -> str:
     m = results["machine"]
     f = results["flops"]
@@ -505,14 +543,8 @@ def render(results: dict) -> str:
             verdict = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
             lines.append(f"fit() speed-up over it at batch {EAGER_BATCH}: {speedup:.1f}x "
                          f"(target >= {TARGET_SPEEDUP:.0f}x: {verdict})")
-    shares = [c["others_cpu_share"] for c in
-              [r.get("cpu") for r in results["batch_sizes"]]
-              + [None if eager is None else eager.get("cpu")]
-              if c and c.get("others_cpu_share") is not None]
-    if shares and max(shares) > 0.1:
-        lines.append(f"Note: other processes used up to {100 * max(shares):.0f}% of the CPUs "
-                     "during the measurements; the numbers are noisy (rerun on an idle "
-                     "machine).")
+    lines += noise_note([r.get("cpu") for r in results["batch_sizes"]]
+                        + [None if eager is None else eager.get("cpu")])
     lines.append(f"Total script time: {results['script_seconds']:.0f} s")
     return "\n".join(lines)
 
@@ -525,20 +557,15 @@ def main(argv=None) -> int:
 
     from vae_helpers import io
     from vae_helpers._tf import tf, tfp
-    from vae_helpers.data import DataError, load_mnist
     from vae_helpers.model import VAE
 
-    try:
-        (x_train, _), _ = load_mnist()
-    except DataError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    mnist = load_mnist_or_say_why()
+    if mnist is None:
         return 1
-    try:  # find out now, not after minutes of measuring, whether the JSON can be written
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(args.json.with_name(f".{args.json.name}.check"), {})
-        args.json.with_name(f".{args.json.name}.check").unlink()
-    except OSError as err:
-        print(f"error: cannot write --json {args.json}: {err.strerror or err}", file=sys.stderr)
+    (x_train, _), _ = mnist
+    problem = json_unwritable(args.json)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 1
 
     dims = network_dims(VAE(seed=0))
