@@ -478,6 +478,10 @@ def main(argv=None) -> int:
               f"fixed {preset['training']['epochs']} epochs (use --epochs to change them)",
               file=sys.stderr)
         return 2
+    if args.budget_minutes is not None and args.epochs is not None:
+        print("error: give either --epochs (a fixed count) or --budget-minutes (as many "
+              "epochs as fit in that time), not both", file=sys.stderr)
+        return 2
     reasons = not_comparable(preset, training, args)
     shrunk = (args.epochs is not None and args.epochs != preset["training"]["epochs"]
               or args.n_train is not None
