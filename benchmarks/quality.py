@@ -141,9 +141,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             "Train a preset VAE on MNIST, evaluate it on the test set (ELBO, IWAE-k, "
             "bits/dim where defined) and compare it with its anchor and target. Needs "
             "VAE_MNIST (the path of mnist.npz) unless MNIST is in the Keras cache. The "
-            "full presets take about 10 (homework) to 40 minutes (best-50d: 30 minutes "
-            "of training, then the evaluation); shrink a run with --epochs/--n-train/"
-            "--n-test/--iwae-k to check the script."
+            "full presets take about 10 (homework) to 45 minutes (best-50d: up to 27 "
+            "minutes of training, then about 15 of evaluation on a slow 2-core machine); "
+            "shrink a run with --epochs/--n-train/--n-test/--iwae-k to check the script."
         ),
     )
     parser.add_argument("--preset", required=True, choices=list(PRESETS),
