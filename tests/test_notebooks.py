@@ -1,9 +1,10 @@
 """Checks of the committed course notebooks: conventions, clean metadata, reference outputs.
 
-nbval (run by ``make test`` after the unit tests) re-executes them and compares
-the outputs of the cells tagged ``nbval-check-output``; these tests check what
-nbval does not: the structure every notebook follows and that what is committed
-is a clean record of the reference run.
+nbval (``make test``, at the smoke profile's sizes; ``make test-full``, at the committed
+parameters) re-executes them and compares the outputs of the cells tagged
+``nbval-check-output``; these tests check what nbval does not: the structure every
+notebook follows, that what is committed is a clean record of the reference run, and
+that every notebook has checked cells whose verdicts hold at any size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import nbformat
 import pytest
 
 from vae_helpers import notebook, pipeline
+
+pytestmark = pytest.mark.unit
 
 FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
 NAMES = list(pipeline.STAGES)
@@ -126,3 +129,20 @@ def test_figures_are_shown_and_saved(name):
     images = [o for c in code_cells(load(name)) for o in c.outputs
               if "image/png" in o.get("data", {})]
     assert images and "plots.save_figure(" in sources
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checked_verdicts_that_hold_at_any_size(name):
+    """Checked cells print PASS lines outside the reference-run comparison (compared at the
+    smoke profile's sizes too), no FAIL is committed, and reference-run cells are checked."""
+    cells = code_cells(load(name))
+    def stdout(cell):
+        return "".join(o.text for o in cell.outputs if o.get("name") == "stdout")
+    checked = [c for c in cells if "nbval-check-output" in c.metadata.get("tags", [])]
+    anywhere = [c for c in checked if "reference-run" not in c.metadata["tags"]]
+    assert sum(stdout(c).count("\nPASS  ") + stdout(c).startswith("PASS  ")
+               for c in anywhere) >= 3, f"{name}: too few PASS lines compared at every size"
+    assert not any(re.search(r"^FAIL ", stdout(c), re.M) for c in cells), name
+    for cell in cells:
+        if "reference-run" in cell.metadata.get("tags", []):
+            assert "nbval-check-output" in cell.metadata["tags"], cell.source

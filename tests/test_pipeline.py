@@ -15,6 +15,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 from vae_helpers import pipeline
 from vae_helpers.__main__ import main
 
+pytestmark = pytest.mark.unit
+
 
 def make_notebook(path, params: str, body: str):
     cells = [new_markdown_cell("# stand-in"),
@@ -104,6 +106,18 @@ def test_the_committed_notebooks_plan_for_both_profiles(tmp_path):
         assert all("run_dir" in params for _, params in steps)
     used = set().union(*(p for _, p in pipeline.plan(tmp_path / "o", "smoke")))
     assert set(pipeline.PROFILES["smoke"].overrides) <= used  # no override is silently unused
+
+
+def test_profile_parameters_are_what_a_profile_changes_of_a_notebooks_parameters():
+    """What nbval assigns after each parameters cell in make test (conftest.py)."""
+    folder = pipeline.notebook_dir()
+    assert pipeline.profile_parameters(folder / "03_train.ipynb", "smoke") == {
+        "n_train": 2000, "n_test": 500, "epochs": 2, "bernoulli_epochs": 2, "iwae_k": 16}
+    assert pipeline.profile_parameters(folder / "01_math.ipynb", "smoke") == {"mc_samples": 20000}
+    assert all(pipeline.profile_parameters(folder / f"{stage}.ipynb", "full") == {}
+               for stage in pipeline.STAGES)
+    with pytest.raises(pipeline.PipelineError, match="unknown profile 'quick'"):
+        pipeline.profile_parameters(folder / "01_math.ipynb", "quick")
 
 
 def test_a_run_executes_every_stage_in_order_and_records_it(notebooks, tmp_path):

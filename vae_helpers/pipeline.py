@@ -106,6 +106,19 @@ def declared_parameters(notebook: Path) -> dict:
     return values
 
 
+def profile_parameters(notebook: Path, profile: str) -> dict:
+    """The values ``profile`` gives the parameters ``notebook`` declares: what it changes
+    of the committed ones (nothing for ``full``).
+
+    Raises:
+        PipelineError: an unknown profile, or a notebook without one ``parameters`` cell.
+    """
+    if profile not in PROFILES:
+        raise PipelineError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    declared = declared_parameters(Path(notebook))
+    return {k: v for k, v in PROFILES[profile].overrides.items() if k in declared}
+
+
 def plan(out: Path, profile: str, overrides: dict | None = None,
          stages=None) -> list[tuple[str, dict]]:
     """The stages to run and the parameters each one gets.
