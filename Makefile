@@ -1,9 +1,12 @@
 # Two commands do all the set-up:
-#   make run    create .venv if missing, install the pinned requirements and the
-#               package, then run the notebook pipeline's full profile into $(RUN)
-#   make test   the same set-up, then ruff, the unit tests, the pipeline's smoke
-#               profile, and nbval over the committed notebooks
-# The MNIST file is found through $VAE_MNIST (see README.md).
+#   make run        create .venv if missing, install the pinned requirements and the
+#                   package, then run the notebook pipeline's full profile into $(RUN)
+#   make test       the same set-up, then ruff and pytest's fast tiers: the unit tests,
+#                   and nbval over every notebook at the smoke profile's sizes (minutes)
+# and one more before publishing notebooks or changing the model:
+#   make test-full  ruff and every tier, with nbval at the committed parameters (an hour)
+# The MNIST file is found through $VAE_MNIST (see README.md); the tiers are explained
+# in conftest.py and README.md.
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -11,11 +14,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= runs/homework
 ARGS   ?=
-# nbval executes the committed notebooks with their own parameters; their relative
-# run directories go under this folder, away from the runs of `make run`.
-NBVAL_RUNS ?= runs/nbval
+# pytest's workers: the notebooks run in order in one of them, the unit tests share both
+JOBS   ?= 2
+PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(JOBS)
 
-.PHONY: run test install clean
+.PHONY: run test test-full install clean
 
 install: $(STAMP)
 
@@ -32,10 +35,11 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest
-	$(BIN)/python -m vae_helpers pipeline --profile smoke --out runs/smoke --force --no-progress
-	VAE_PROGRESS=text VAE_RUNS_ROOT=$(abspath $(NBVAL_RUNS)) $(BIN)/python -m pytest -p no:cacheprovider \
-	  --nbval-lax --nbval-current-env --nbval-cell-timeout=3600 notebooks
+	$(PYTEST) -m "not slow"
+
+test-full: $(STAMP)
+	$(BIN)/ruff check .
+	$(PYTEST) --notebook-profile full --nbval-cell-timeout=3600
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,6 +9,8 @@ import pytest
 from vae_helpers import checks, rubric
 from vae_helpers.recorded import PNG_SIGNATURE, Records
 
+pytestmark = pytest.mark.unit
+
 SPEC = {"latent_dim": 2, "hidden_units": [512], "hidden_activation": "relu",
         "output_activation": "sigmoid", "likelihood": "gaussian", "prior": "normal",
         "num_parameters": 807701, "nonnegative_variances": True}

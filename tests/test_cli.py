@@ -26,6 +26,8 @@ import pytest
 
 from vae_helpers.__main__ import build_parser, main
 
+pytestmark = pytest.mark.unit
+
 TINY = ["--epochs", "1", "--n-train", "512", "--n-test", "256", "--iwae-k", "8",
         "--batch-size", "128", "--no-progress", "--hidden-units", "32"]
 HISTORY_COLUMNS = ["epoch", "train_elbo", "train_reconstruction", "train_kl",

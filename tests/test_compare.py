@@ -14,6 +14,8 @@ import pytest
 from vae_helpers import compare, plots, record, recorded
 from vae_helpers.__main__ import main
 
+pytestmark = pytest.mark.unit
+
 matplotlib.use("Agg")
 
 SPEC = {"latent_dim": 2, "hidden_units": [512], "hidden_activation": "relu",

@@ -23,6 +23,8 @@ from vae_helpers._tf import tf
 from vae_helpers.data import DataError
 from vae_helpers.seeding import SALT_TEST_BINARIZATION, stateless_seed
 
+pytestmark = pytest.mark.unit
+
 FIX_HINT = "set VAE_MNIST to the path of mnist.npz"
 TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

@@ -21,6 +21,8 @@ from vae_helpers.discrete import (
 from vae_helpers.model import build_model
 from vae_helpers.train import fit
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(num_variables=2, num_classes=3, hidden_units=[4], input_dim=5)
 
 

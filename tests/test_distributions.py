@@ -9,6 +9,8 @@ from scipy import stats
 from vae_helpers import distributions as dist
 from vae_helpers._tf import tf, tfd
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(0)
 
 

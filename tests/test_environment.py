@@ -19,6 +19,8 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s#;]+)$")
 
@@ -258,15 +260,29 @@ def test_ci_installs_bubblewrap_before_make_test():
     assert guard < install[0], "bubblewrap is installed only when missing"
 
 
-def test_make_test_runs_ruff_and_pytest():
+def make_dry_run(target: str) -> list[str]:
+    """The commands ``make TARGET`` would run."""
     try:
-        result = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True,
+        result = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True,
                                 text=True, timeout=60, check=False)
     except FileNotFoundError:
         pytest.skip("make is not installed")
     assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+    return result.stdout.splitlines()
+
+
+def test_make_test_runs_ruff_and_pytest():
+    lines = make_dry_run("test")
     ruff = [i for i, line in enumerate(lines) if re.search(r"\bruff check\b", line)]
     pytest_ = [i for i, line in enumerate(lines) if re.search(r"-m pytest\b|\bpytest\b", line)]
-    assert ruff and pytest_, result.stdout
+    assert ruff and pytest_, lines
     assert ruff[0] < pytest_[-1]
+
+
+def test_make_test_leaves_out_the_slow_tier_and_make_test_full_runs_all_at_full_size():
+    test = [line for line in make_dry_run("test") if "-m pytest" in line]
+    full = [line for line in make_dry_run("test-full") if "-m pytest" in line]
+    assert len(test) == 1 and '-m "not slow"' in test[0] and "--notebook-profile" not in test[0]
+    assert len(full) == 1 and "--notebook-profile full" in full[0]
+    assert not re.search(r" -m ['\"]", full[0]), "make test-full runs every tier"
+    assert any(re.search(r"\bruff check\b", line) for line in make_dry_run("test-full"))

@@ -17,6 +17,8 @@ from vae_helpers import evaluate
 from vae_helpers._tf import tf
 from vae_helpers.model import VAE
 
+pytestmark = pytest.mark.unit
+
 D, P, S2 = 6, 2, 0.1
 
 

@@ -9,9 +9,12 @@ import time
 
 import nbformat
 import psutil
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from vae_helpers import execution, watchdog
+
+pytestmark = pytest.mark.unit
 
 
 def notebook(path, *cells):

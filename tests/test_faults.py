@@ -41,6 +41,8 @@ from vae_helpers.locks import LOCK_NAME, RunLocked, run_lock
 from vae_helpers.runs import load_model
 from vae_helpers.train import completed_epochs
 
+pytestmark = pytest.mark.unit
+
 EPOCHS = 4
 # 256 steps an epoch, so that an epoch lasts long enough to be killed in its middle.
 RUN = ["--epochs", str(EPOCHS), "--n-train", "8192", "--n-test", "256", "--iwae-k", "8",

@@ -24,6 +24,8 @@ import vae_helpers
 from vae_helpers import batch, grading, rubric, sandbox
 from vae_helpers.__main__ import main
 
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(vae_helpers.__file__).resolve().parent
 FIGURES = '''
 import matplotlib.pyplot as plt

@@ -1,9 +1,10 @@
 """Grading the real homework notebooks end to end (they need the real MNIST, via VAE_MNIST).
 
-A smoke-sized reference run of ``03_train`` and ``04_analysis`` (2,000 training
-and 500 test images, 2 epochs, IWAE with k = 16) is made once with the pipeline.
-One batch then grades, against it and with the shipped rubric's checks and
-tolerances (its parameters replaced by the same smoke settings), the student
+The reference is a smoke-sized run of ``03_train`` and ``04_analysis`` (2,000
+training and 500 test images, 2 epochs, IWAE with k = 16): the one nbval made in this
+session when it executed both notebooks at the smoke profile (``make test``), else one
+made here with the pipeline. One batch then grades, against it and with the shipped
+rubric's checks and tolerances (its parameters replaced by the same smoke settings), the student
 versions of the two notebooks completed four ways: with the reference's own
 solutions, and with three deliberate mistakes. Each must fail exactly the checks
 its mistake breaks.
@@ -19,9 +20,9 @@ import pytest
 
 from vae_helpers import batch, pipeline, rubric, student
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.notebooks, pytest.mark.skipif(
     not os.environ.get("VAE_MNIST"),
-    reason="VAE_MNIST is not set: these tests run the homework notebooks on the real MNIST")
+    reason="VAE_MNIST is not set: these tests run the homework notebooks on the real MNIST")]
 
 SMOKE = {"n_train": 2000, "n_test": 500, "epochs": 2, "bernoulli_epochs": 0, "iwae_k": 16,
          "fallback_epochs": 1}
@@ -59,10 +60,20 @@ def submission(folder, versions, references, changes=None, drop=None):
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def reference(tmp_path_factory, notebooks_executed):
+    """The run directory of a smoke-sized run of the homework's notebooks."""
+    profile, runs, complete = notebooks_executed
+    if profile == "smoke" and set(student.HOMEWORK) <= set(complete):
+        return runs / "runs" / "homework"  # what nbval executed before these tests
+    out = tmp_path_factory.mktemp("reference") / "run"
+    pipeline.run_pipeline(out, "smoke", {"bernoulli_epochs": 0}, stages=student.HOMEWORK,
+                          progress=False, log=lambda *_: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory, reference):
     root = tmp_path_factory.mktemp("homework")
-    pipeline.run_pipeline(root / "reference", "smoke", {"bernoulli_epochs": 0},
-                          stages=student.HOMEWORK, progress=False, log=lambda *_: None)
     versions = root / "student"
     student.write_student_versions(
         [pipeline.notebook_dir() / f"{n}.ipynb" for n in student.HOMEWORK], versions)
@@ -82,7 +93,7 @@ def graded(tmp_path_factory):
     text = rubric.DEFAULT.read_text().split("[parameters]")[0]
     (root / "rubric.toml").write_text(f"{text}[parameters]\n{parameters}\n\n[limits]\n"
                                       "time_limit = 900\nmemory_mb = 4096\n")
-    rows = batch.grade_batch(subs, root / "reference", root / "grades",
+    rows = batch.grade_batch(subs, reference, root / "grades",
                              rubric=rubric.load(root / "rubric.toml"), jobs=2,
                              log=lambda _: None)
     return {r["student"]: json.loads((root / "grades" / r["student"] / "grade.json").read_text())

@@ -13,6 +13,8 @@ import pytest
 from vae_helpers import io
 from vae_helpers._tf import tf
 
+pytestmark = pytest.mark.unit
+
 
 def strict_json(text: str):
     """Parse JSON, refusing the non-standard NaN / Infinity tokens."""

@@ -13,6 +13,8 @@ from vae_helpers._tf import tf, tfd
 from vae_helpers.model import VAE, build_model
 from vae_helpers.train import fit
 
+pytestmark = pytest.mark.unit
+
 MU = np.array([0.7, -1.3], np.float32)
 B = np.array([0.4, 2.5], np.float32)
 

@@ -7,6 +7,8 @@ from vae_helpers import distributions as dist
 from vae_helpers._tf import tf, tfd
 from vae_helpers.model import VAE
 
+pytestmark = pytest.mark.unit
+
 RNG = np.random.default_rng(1)
 
 

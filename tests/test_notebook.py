@@ -9,6 +9,8 @@ import pytest
 
 from vae_helpers import notebook
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -12,6 +12,8 @@ import pytest
 from vae_helpers import plots
 from vae_helpers.model import VAE
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.fixture(autouse=True)
 def close_figures():

@@ -7,6 +7,8 @@ from tqdm import tqdm as std_tqdm
 
 from vae_helpers.progress import ENV, progress_bar, progress_mode
 
+pytestmark = pytest.mark.unit
+
 
 def test_default_is_auto(monkeypatch):
     monkeypatch.delenv(ENV, raising=False)

@@ -4,7 +4,11 @@ import importlib
 import re
 from pathlib import Path
 
+import pytest
+
 from vae_helpers.__main__ import build_parser
+
+pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -14,6 +14,8 @@ import pytest
 from vae_helpers import plots, record, recorded
 from vae_helpers.record import RecordError
 
+pytestmark = pytest.mark.unit
+
 matplotlib.use("Agg")
 
 SPEC = {"latent_dim": 2, "hidden_units": [512], "hidden_activation": "relu",

@@ -8,6 +8,8 @@ import pytest
 
 from vae_helpers import record, rubric
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_shipped_rubric_asks_for_the_homework():
     found = rubric.load()

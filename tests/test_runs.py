@@ -25,6 +25,8 @@ from vae_helpers.model import VAE
 from vae_helpers.runs import RunError, load_model, load_run, train_run
 from vae_helpers.train import HISTORY_FIELDS, RunWriteError
 
+pytestmark = pytest.mark.unit
+
 TINY = dict(epochs=1, batch_size=128, iwae_k=8, n_train=512, n_test=256, seed=3,
             progress=False, hidden_units=[32])
 

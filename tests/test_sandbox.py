@@ -11,6 +11,8 @@ import pytest
 
 from vae_helpers import sandbox
 
+pytestmark = pytest.mark.unit
+
 
 def test_the_command_hides_then_binds_then_locks(tmp_path):
     work, hidden, data = tmp_path / "out" / "work", tmp_path / "ref", tmp_path / "d.npz"

@@ -11,6 +11,8 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 from vae_helpers import student
 from vae_helpers.__main__ import main
 
+pytestmark = pytest.mark.unit
+
 FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
 
 

@@ -26,6 +26,8 @@ from vae_helpers.train import (
     training_schedule,
 )
 
+pytestmark = pytest.mark.unit
+
 SMALL = dict(latent_dim=2, hidden_units=[64])
 
 
