@@ -1,10 +1,15 @@
 """Tests of the command line ``python -m vae_helpers train``.
 
-Every command runs in a fresh interpreter, as a user would start it, on the
-synthetic MNIST file of ``conftest.fake_mnist`` (through ``VAE_MNIST``). A
-Python process pays about four seconds to import TensorFlow, so the commands
-that do not depend on each other run two at a time, and the trainings are
-tiny and shared between the tests that read them.
+The commands run on the synthetic MNIST file of ``conftest.fake_mnist`` (through
+``VAE_MNIST``). Most of them run in this process: ``cli`` calls
+``vae_helpers.__main__.main`` and returns its exit code and what it wrote to
+descriptors 1 and 2 (pytest's ``capfd``, so TensorFlow's C++ writes are seen too).
+A fresh Python process pays about four seconds to import TensorFlow, so only what
+depends on the process boundary runs as ``python -m vae_helpers`` in a subprocess
+(the ``fresh`` fixture, two at a time): the real entry point's exit code, and the
+stderr of processes that import TensorFlow (its start-up lines and once per
+process messages may have gone out in this process before the test). The trainings are tiny, and the
+one the tests of a run directory read is shared between them.
 """
 
 from __future__ import annotations
@@ -12,12 +17,15 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,6 +70,76 @@ def run_all(commands: dict, data_path, cwd) -> dict:
         futures = {name: pool.submit(run_cli, args, path or data_path, cwd)
                    for name, (args, path) in commands.items()}
         return {name: future.result() for name, future in futures.items()}
+
+
+def _python_default_warning_filters() -> None:
+    """The warning filters of a plain ``python -m vae_helpers`` (no -W option, no dev mode)."""
+    warnings.resetwarnings()
+    warnings.simplefilter("default")
+    for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                     ResourceWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=DeprecationWarning,
+                            module=r"(vae_helpers\.)?__main__")
+
+
+class _FreshProcessLogging(logging.Handler):
+    """Python logging on stderr as in a plain ``python -m vae_helpers``, whose root logger
+    has no handlers: TensorFlow's logger then gets one of its own (``tf.get_logger`` adds
+    it, in ``BASIC_FORMAT``), and other records from WARNING up go to
+    ``logging.lastResort`` (the bare message). In pytest the root logger has pytest's
+    handlers, so neither happens and the records never reach stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tf_logger = logging.getLogger("tensorflow")
+        if record.name == "tensorflow" or record.name.startswith("tensorflow."):
+            if tf_logger.handlers or record.levelno < (tf_logger.level or logging.WARNING):
+                return  # written by TensorFlow's own handler, or below its level
+            text = logging.Formatter(logging.BASIC_FORMAT).format(record)
+        elif record.levelno >= logging.WARNING:
+            text = logging.Formatter().format(record)
+        else:
+            return
+        sys.stderr.write(text + "\n")
+
+
+def call_main(args, capfd, monkeypatch, data_path, cwd) -> subprocess.CompletedProcess:
+    """``run_cli`` in this process: ``main(args)`` in ``cli_env``'s environment and in ``cwd``.
+
+    The result holds what the interpreter would make of it: the code of a SystemExit
+    (argparse's 2) or main's return value as ``returncode``, exit code 1 with the
+    traceback on stderr for an exception main lets through, and on stderr the warnings
+    that Python's default filters show and the log records a plain process prints
+    (pytest would keep both for its own reports, out of reach of the assertions on
+    stderr).
+    """
+    monkeypatch.delenv("VAE_HELPERS_VERBOSE_TF", raising=False)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    monkeypatch.setenv("VAE_MNIST", str(data_path))
+    monkeypatch.chdir(cwd)
+    argv = [str(arg) for arg in args]
+    capfd.readouterr()  # what came before is not the command's
+    log_handler = _FreshProcessLogging()
+    logging.getLogger().addHandler(log_handler)
+    with warnings.catch_warnings(record=True) as caught:
+        _python_default_warning_filters()
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # argparse: 0 after --help, 2 on a usage error
+            code = 0 if exit_.code is None else exit_.code
+            if not isinstance(code, int):  # sys.exit("message")
+                print(code, file=sys.stderr)
+                code = 1
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            logging.getLogger().removeHandler(log_handler)
+    for w in caught:
+        sys.stderr.write(warnings.formatwarning(w.message, w.category, w.filename, w.lineno,
+                                                w.line))
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["python", "-m", "vae_helpers", *argv], code, out, err)
 
 
 def stderr_lines(result) -> list[str]:
@@ -128,51 +206,47 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cli")
 
 
+@pytest.fixture
+def cli(capfd, monkeypatch, fake_mnist, workdir):
+    """``cli(args, data_path=None)``: ``call_main`` with this test's capfd and monkeypatch,
+    on the synthetic MNIST file unless ``data_path`` is given, in ``workdir``."""
+    def call(args, data_path=None) -> subprocess.CompletedProcess:
+        return call_main(args, capfd, monkeypatch, data_path or fake_mnist, workdir)
+    return call
+
+
 @pytest.fixture(scope="module")
-def quick(workdir, fake_mnist) -> dict:
-    """The commands that fail or exit before training, run two at a time."""
-    corrupt = workdir / "corrupt.npz"
-    with open(fake_mnist, "rb") as f:
-        corrupt.write_bytes(f.read(4096))  # a truncated archive
+def fresh(workdir, fake_mnist) -> dict:
+    """The commands that run as a fresh ``python -m vae_helpers``, two at a time.
+
+    They are subprocesses because the process boundary is what they test:
+
+    ``gaussian``
+        one tiny training with the default (gaussian) likelihood, which the tests of a
+        run directory read; its stderr is that of a process that imports TensorFlow and
+        trains: TensorFlow's start-up lines and its once per process messages are
+        written there, and in this process they went out long before.
+    ``missing_data``
+        a data error that comes after TensorFlow is imported: one line on stderr in all,
+        start-up included (this process may have loaded TensorFlow before the test).
+    ``bad_epochs``
+        a usage error: the exit code and message of the real entry point
+        (``python -m`` runs ``sys.exit(main())``).
+    """
     missing = workdir / "no-such-dir" / "mnist.npz"
     return run_all({
-        "train_help": (["train", "--help"], None),
-        "bad_epochs": (["train", "--out", workdir / "bad", "--epochs", "-1"], None),
+        "gaussian": (["train", "--out", workdir / "gaussian", *TINY], None),
         "missing_data": (["train", "--out", workdir / "missing", *TINY], missing),
-        "corrupt_data": (["train", "--out", workdir / "corrupt", *TINY], corrupt),
-    }, fake_mnist, workdir) | {"missing_path": missing, "corrupt_path": corrupt}
+        "bad_epochs": (["train", "--out", workdir / "bad", "--epochs", "-1"], None),
+    }, fake_mnist, workdir) | {"missing_path": missing}
 
 
 @pytest.fixture(scope="module")
-def gaussian_run(workdir, fake_mnist):
+def gaussian_run(workdir, fresh):
     """One tiny training with the default (gaussian) likelihood: (run dir, result)."""
-    out = workdir / "gaussian"
-    result = run_cli(["train", "--out", out, *TINY], fake_mnist, workdir)
+    out, result = workdir / "gaussian", fresh["gaussian"]
     assert result.returncode == 0, result.stderr
     return out, result
-
-
-@pytest.fixture(scope="module")
-def followups(workdir, fake_mnist, gaussian_run) -> dict:
-    """What happens to an existing run: run again plainly, --resume, --force.
-
-    The plain rerun goes into the gaussian run itself (it must change nothing);
-    --resume and --force work on copies of it.
-    """
-    original, _ = gaussian_run
-    before = snapshot(original)
-    resumed, forced = workdir / "resumed", workdir / "forced"
-    shutil.copytree(original, resumed)
-    shutil.copytree(original, forced)
-    resume_args = [*TINY, "--resume"]
-    resume_args[resume_args.index("--epochs") + 1] = "2"
-    results = run_all({
-        "again": (["train", "--out", original, *TINY], None),
-        "resume": (["train", "--out", resumed, *resume_args], None),
-        "force": (["train", "--out", forced, *TINY, "--force", "--likelihood", "bernoulli"],
-                  None),
-    }, fake_mnist, workdir)
-    return results | {"before": before, "resumed": resumed, "forced": forced}
 
 
 # --- help ------------------------------------------------------------------------------------
@@ -187,8 +261,8 @@ def test_help_exits_zero_and_lists_the_train_command(capsys):
     assert captured.err == ""
 
 
-def test_train_help_documents_every_option(quick):
-    result = quick["train_help"]
+def test_train_help_documents_every_option(cli):
+    result = cli(["train", "--help"])
     assert result.returncode == 0, result.stderr
     assert stderr_lines(result) == []
     options = [a for a in train_parser()._actions if a.option_strings]
@@ -379,10 +453,12 @@ def test_missing_command_is_one_line_exit_2(capsys):
     assert len(lines) == 1 and "COMMAND" in lines[0]
 
 
-def test_bad_option_in_a_fresh_process(quick, workdir):
-    """The same through ``python -m``: exit 2, one line, no TensorFlow chatter."""
-    assert_one_line_error(quick["bad_epochs"], 2, "--epochs", "error", "'-1'")
-    assert quick["bad_epochs"].stdout == ""
+def test_bad_option_in_a_fresh_process(fresh, workdir):
+    """The same through ``python -m``: exit 2, one line, no TensorFlow chatter.
+
+    A subprocess: the exit code is the real entry point's."""
+    assert_one_line_error(fresh["bad_epochs"], 2, "--epochs", "error", "'-1'")
+    assert fresh["bad_epochs"].stdout == ""
     assert not (workdir / "bad").exists()
 
 
@@ -390,12 +466,29 @@ def test_bad_option_in_a_fresh_process(quick, workdir):
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt"])
-def test_bad_data_file_is_one_line_exit_1(quick, workdir, case):
-    path = quick[f"{case}_path"]
-    line = assert_one_line_error(quick[f"{case}_data"], 1, str(path), "VAE_MNIST", "To fix")
+def test_bad_data_file_is_one_line_exit_1(cli, fake_mnist, tmp_path, case):
+    path = tmp_path / "no-such-dir" / "mnist.npz"
+    if case == "corrupt":
+        path = tmp_path / "corrupt.npz"
+        with open(fake_mnist, "rb") as f:
+            path.write_bytes(f.read(4096))  # a truncated archive
+    line = assert_one_line_error(cli(["train", "--out", tmp_path / case, *TINY], path),
+                                 1, str(path), "VAE_MNIST", "To fix")
     assert line.startswith("error: ")
     assert ("does not exist" if case == "missing" else "not a readable .npz") in line
-    assert not (workdir / case).exists(), "a failed start must not create the run directory"
+    assert not (tmp_path / case).exists(), "a failed start must not create the run directory"
+
+
+def test_bad_data_file_in_a_fresh_process(fresh, workdir):
+    """The missing file through ``python -m``: still one line on stderr, in a process that
+    imports TensorFlow before it fails.
+
+    A subprocess: TensorFlow's start-up output only shows in a process that loads it."""
+    path = fresh["missing_path"]
+    line = assert_one_line_error(fresh["missing_data"], 1, str(path), "VAE_MNIST", "To fix")
+    assert line.startswith("error: ")
+    assert "does not exist" in line
+    assert not (workdir / "missing").exists(), "a failed start must not create the run directory"
 
 
 def test_out_that_cannot_be_a_directory_is_one_line_exit_1(tmp_path, fake_mnist, monkeypatch,
@@ -503,6 +596,7 @@ def test_run_prints_a_summary(gaussian_run):
 
 
 def test_run_stderr_has_no_tensorflow_log_lines(gaussian_run):
+    """On the subprocess of ``fresh``: TensorFlow's start-up lines come once per process."""
     _, result = gaussian_run
     noisy = [line for line in result.stderr.splitlines() if TF_LOG_LINE.search(line)]
     assert noisy == [], result.stderr
@@ -512,17 +606,24 @@ def test_run_stderr_has_no_tensorflow_log_lines(gaussian_run):
 # --- an existing run -------------------------------------------------------------------------
 
 
-def test_rerun_without_flags_refuses_and_changes_nothing(gaussian_run, followups):
+def test_rerun_without_flags_refuses_and_changes_nothing(gaussian_run, cli):
     out, _ = gaussian_run
-    line = assert_one_line_error(followups["again"], 1, "--resume", "--force", str(out))
+    before = snapshot(out)
+    result = cli(["train", "--out", out, *TINY])
+    line = assert_one_line_error(result, 1, "--resume", "--force", str(out))
     assert line.startswith("error: ")
-    assert followups["again"].stdout == ""
-    assert snapshot(out) == followups["before"]
+    assert result.stdout == ""
+    assert snapshot(out) == before
 
 
-def test_resume_continues_to_the_new_epoch_count(gaussian_run, followups):
+def test_resume_continues_to_the_new_epoch_count(gaussian_run, cli, tmp_path):
+    """--resume on a copy of the gaussian run (trained in another process)."""
     original, _ = gaussian_run
-    result, resumed = followups["resume"], followups["resumed"]
+    resumed = tmp_path / "resumed"
+    shutil.copytree(original, resumed)
+    resume_args = [*TINY, "--resume"]
+    resume_args[resume_args.index("--epochs") + 1] = "2"
+    result = cli(["train", "--out", resumed, *resume_args])
     assert result.returncode == 0, result.stderr
     header, rows, lines = read_history(resumed)
     _, _, original_lines = read_history(original)
@@ -539,8 +640,13 @@ def test_resume_continues_to_the_new_epoch_count(gaussian_run, followups):
     assert (resumed / "checkpoint" / "ckpt-2.index").exists()
 
 
-def test_force_replaces_the_run(followups):
-    result, forced = followups["force"], followups["forced"]
+def test_force_replaces_the_run_with_a_bernoulli_run(gaussian_run, cli, tmp_path):
+    """--force --likelihood bernoulli on a copy of the gaussian run: the run is replaced,
+    and the bernoulli run's metrics are those of binarized data."""
+    original, _ = gaussian_run
+    forced = tmp_path / "forced"
+    shutil.copytree(original, forced)
+    result = cli(["train", "--out", forced, *TINY, "--force", "--likelihood", "bernoulli"])
     assert result.returncode == 0, result.stderr
     config = json.loads((forced / "config.json").read_text())
     assert config["model"]["likelihood"] == "bernoulli"
@@ -550,12 +656,7 @@ def test_force_replaces_the_run(followups):
     assert [row["epoch"] for row in rows] == [1]
     assert not list(forced.rglob("*.tmp"))
 
-
-def test_bernoulli_run_metrics(followups):
-    result, forced = followups["force"], followups["forced"]
-    assert result.returncode == 0, result.stderr
     metrics = json.loads((forced / "metrics.json").read_text())
-    config = json.loads((forced / "config.json").read_text())
     assert METRIC_KEYS <= set(metrics)
     assert metrics["data_variant"] == "binarized"
     assert config["data"]["variant"] == "binarized"
