@@ -7,7 +7,9 @@ import json
 import math
 import os
 import resource
+import shutil
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +46,57 @@ def digits():
 
 def _weights(model):
     return [v.numpy().copy() for v in model.trainable_variables]
+
+
+# --- checkpointed runs shared by several tests (read-only) -----------------------------------
+
+
+def _files(directory: Path) -> dict:
+    return {p.relative_to(directory): p.read_bytes()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _shared_run(tmp_path_factory, digits, name, **kwargs):
+    """Train ``VAE(**SMALL)`` on ``digits[:256]`` into a checkpoint directory of its own;
+    yield ``(directory, history)``, and check at teardown that no test changed a file."""
+    directory = tmp_path_factory.mktemp(name)
+    history = fit(VAE(**SMALL), digits[:256], checkpoint_dir=directory, progress=False,
+                  **kwargs)
+    files = _files(directory)
+    yield directory, history
+    assert _files(directory) == files, f"a test wrote into the shared run {directory}"
+
+
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory, digits):
+    """``fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=...)`` at the defaults
+    (batch 128, seed 0): ``(checkpoint directory, history)``.
+
+    Read-only: shared by the tests of this module. A test that resumes, damages or writes
+    into the run works on its own copy (``copy_run``), never on the directory itself, and
+    does not mutate the history; the teardown checks that the directory is unchanged.
+    """
+    yield from _shared_run(tmp_path_factory, digits, "one_epoch_run", epochs=1)
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory, digits):
+    """``fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, seed=0,
+    checkpoint_dir=...)``: ``(checkpoint directory, history)``, an uninterrupted run.
+
+    Read-only: shared by the tests of this module. A test that resumes, damages or writes
+    into the run works on its own copy (``copy_run``), never on the directory itself, and
+    does not mutate the history; the teardown checks that the directory is unchanged.
+    """
+    yield from _shared_run(tmp_path_factory, digits, "two_epoch_run", epochs=2, batch_size=64,
+                           seed=0)
+
+
+def copy_run(run, destination: Path) -> Path:
+    """Copy the checkpoint directory of a shared run into ``destination`` (e.g. an empty
+    ``tmp_path``), for a test to change as it likes."""
+    shutil.copytree(run[0], destination, dirs_exist_ok=True)
+    return destination
 
 
 def test_a_few_hundred_steps_raise_the_elbo(digits):
@@ -90,10 +143,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(digits, tmp_path, likelih
         np.testing.assert_array_equal(h_straight.column(name), h_resumed.column(name))
 
 
-def test_resume_after_a_crash_between_history_and_checkpoint(digits, tmp_path):
+def test_resume_after_a_crash_between_history_and_checkpoint(digits, tmp_path, two_epoch_run):
     """history.json is written before the checkpoint; one row ahead is dropped on resume."""
     kwargs = dict(batch_size=64, seed=0, progress=False)
-    fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
     rows = io.read_json(tmp_path / "history.json")
     io.write_json(tmp_path / "history.json", rows + [dict(rows[-1], epoch=3)])
     h = fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
@@ -102,16 +155,17 @@ def test_resume_after_a_crash_between_history_and_checkpoint(digits, tmp_path):
     assert h.rows[2]["train_elbo"] != rows[-1]["train_elbo"]
 
 
-def test_existing_checkpoint_is_never_overwritten_without_resume(digits, tmp_path):
-    fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, progress=False)
+def test_existing_checkpoint_is_never_overwritten_without_resume(digits, tmp_path,
+                                                                one_epoch_run):
+    copy_run(one_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=1)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(FileExistsError, match="resume=True"):
         fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
-def test_resume_with_different_settings_is_refused(digits, tmp_path):
-    fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, progress=False)
+def test_resume_with_different_settings_is_refused(digits, tmp_path, one_epoch_run):
+    copy_run(one_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=1)
     with pytest.raises(ValueError, match="learning_rate"):
         fit(VAE(**SMALL), digits[:256], epochs=2, learning_rate=0.01, checkpoint_dir=tmp_path,
             resume=True, progress=False)
@@ -209,9 +263,10 @@ def test_the_test_set_transform_does_not_depend_on_the_training_seed(digits, mon
     assert seen == [evaluate.TEST_SEED, evaluate.TEST_SEED]
 
 
-def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(digits, tmp_path):
+def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(digits, tmp_path,
+                                                                              two_epoch_run):
     kwargs = dict(batch_size=64, seed=0, progress=False)
-    fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, **kwargs)
+    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
     (tmp_path / "ckpt-2.data-00000-of-00001").write_bytes(b"\0" * 100)   # truncated
     with pytest.warns(UserWarning, match="resuming from ckpt-1"):
         h = fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
@@ -221,11 +276,10 @@ def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(di
     np.testing.assert_array_equal(h.column("train_elbo"), straight.column("train_elbo"))
 
 
-def test_resume_with_no_readable_checkpoint_is_a_clear_error(digits, tmp_path):
+def test_resume_with_no_readable_checkpoint_is_a_clear_error(digits, tmp_path, two_epoch_run):
     from vae_helpers.train import CheckpointError
 
-    fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, checkpoint_dir=tmp_path,
-        progress=False)
+    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64)
     for data_file in tmp_path.glob("ckpt-*.data-*"):
         data_file.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no checkpoint there can be read"):
@@ -233,9 +287,8 @@ def test_resume_with_no_readable_checkpoint_is_a_clear_error(digits, tmp_path):
             resume=True, progress=False)
 
 
-def test_resume_to_fewer_epochs_or_on_other_data_is_refused(digits, tmp_path):
-    fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, checkpoint_dir=tmp_path,
-        progress=False)
+def test_resume_to_fewer_epochs_or_on_other_data_is_refused(digits, tmp_path, two_epoch_run):
+    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64)
     with pytest.raises(ValueError, match="already trained 2"):
         fit(VAE(**SMALL), digits[:256], epochs=1, batch_size=64, checkpoint_dir=tmp_path,
             resume=True, progress=False)
@@ -569,7 +622,7 @@ def test_resume_with_another_schedule_is_refused(digits, tmp_path):
     assert len(h) == 2
 
 
-def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path):
+def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path, two_epoch_run):
     """Its fit.json lacks the schedule keys: it was trained without a schedule."""
     kwargs = dict(batch_size=64, seed=0, progress=False)
     fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, **kwargs)
@@ -579,7 +632,8 @@ def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path):
                   {k: v for k, v in settings.items() if k not in SCHEDULE_DEFAULTS})
     resumed = fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, resume=True,
                   **kwargs)
-    straight = fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    # the same training uninterrupted: fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    straight = two_epoch_run[1]
     np.testing.assert_array_equal(resumed.column("train_elbo"), straight.column("train_elbo"))
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
