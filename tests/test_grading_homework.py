@@ -1,13 +1,13 @@
 """Grading the real homework notebooks end to end (they need the real MNIST, via VAE_MNIST).
 
 The reference is a smoke-sized run of ``03_train`` and ``04_analysis`` (2,000
-training and 500 test images, 2 epochs, IWAE with k = 16): the one nbval made in this
-session when it executed both notebooks at the smoke profile (``make test``), else one
-made here with the pipeline. One batch then grades, against it and with the shipped
-rubric's checks and tolerances (its parameters replaced by the same smoke settings), the student
-versions of the two notebooks completed four ways: with the reference's own
-solutions, and with three deliberate mistakes. Each must fail exactly the checks
-its mistake breaks.
+training and 500 test images, 2 epochs, IWAE with k = 16): the one nbval made in
+this session when it executed both notebooks at the smoke profile (``make test``),
+else one made here with the pipeline. One batch then grades, against it and with
+the shipped rubric's checks and tolerances (its parameters replaced by the same
+smoke settings), the student versions of the two notebooks completed four ways:
+with the reference's own solutions, and with three deliberate mistakes. Each must
+fail exactly the checks its mistake breaks.
 """
 
 from __future__ import annotations
