@@ -82,7 +82,7 @@ def _nbval_cell_type():
 
 
 def pytest_collection_modifyitems(config, items):
-    from vae_helpers import pipeline
+    from vae_helpers.course import pipeline
 
     profile = config.getoption("notebook_profile")
     cell_type = _nbval_cell_type()

@@ -53,15 +53,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from train_speed import (
+from common import (
     CpuMeter,
-    _load_average,
-    _note,
-    _share,
     json_unwritable,
+    load_average,
     load_mnist_or_say_why,
     machine_description,
     noise_note,
+    note,
+    others,
 )
 
 from vae_helpers.argtypes import non_negative_int, positive_int, seed_int
@@ -127,16 +127,16 @@ def get_model(args, x_train):
     """The model to evaluate and a description of where it came from."""
     from vae_helpers.model import VAE
     from vae_helpers.runs import load_model
-    from vae_helpers.train import fit
+    from vae_helpers.training import TrainingSettings, fit
 
     if args.run is not None:
         return load_model(args.run), {"source": f"run {args.run}", "train_seconds": None}
     model = VAE(seed=0)
     seconds = None
     if args.train_epochs:
-        _note(f"[model] training a fresh VAE() for {args.train_epochs} epochs ...")
+        note(f"[model] training a fresh VAE() for {args.train_epochs} epochs ...")
         t0 = time.perf_counter()
-        fit(model, x_train, epochs=args.train_epochs, progress=False, seed=0)
+        fit(model, x_train, TrainingSettings(epochs=args.train_epochs, seed=0), progress=False)
         seconds = time.perf_counter() - t0
     plural = "" if args.train_epochs == 1 else "s"
     source = (f"fresh VAE() trained for {args.train_epochs} epoch{plural}" if args.train_epochs
@@ -167,11 +167,11 @@ def measure(args, evaluate, model, x) -> dict:
     n, k = int(x.shape[0]), args.k
     batch = max(1, min(evaluate.SAMPLES_PER_CALL // k, n))
     chunk = min(k, evaluate.DEFAULT_CHUNK)
-    _note(f"[iwae] first call ({batch} images, compiles) ...")
+    note(f"[iwae] first call ({batch} images, compiles) ...")
     t0 = time.perf_counter()
     evaluate.iwae_log_likelihood(model, x[:batch], k=k, seed=args.seed)
     first = {"images": batch, "seconds": time.perf_counter() - t0}
-    _note(f"[iwae] timed call: {n} images, k={k} ...")
+    note(f"[iwae] timed call: {n} images, k={k} ...")
     main = time_iwae(evaluate, model, x, k, args.seed)
     values = main.pop("values")
     samples = TARGET_K * TARGET_IMAGES
@@ -183,7 +183,7 @@ def measure(args, evaluate, model, x) -> dict:
     plain = None
     m = min(args.plain_images, n)
     if m:
-        _note(f"[plain] the same on {m} images with the plain decoder ...")
+        note(f"[plain] the same on {m} images with the plain decoder ...")
         saved = evaluate.FACTOR_MIN_CHUNK
         evaluate.FACTOR_MIN_CHUNK = 2**62  # out of reach: every chunk takes the plain decoder
         try:
@@ -234,7 +234,7 @@ def render(results: dict) -> str:
         lines.append(
             f"{name:<26} | {row['images']:>6} | {row['seconds']:>8.1f} | "
             f"{row['images_per_s']:>8.1f} | {row['samples_per_s']:>10,.0f} | "
-            f"{row['mean_nats']:>9.3f} | {_share(row.get('cpu')):>6}")
+            f"{row['mean_nats']:>9.3f} | {others(row.get('cpu')):>6}")
     first = results["first_call"]
     lines += ["", f"First call ({first['images']} images, includes the XLA compilation): "
                   f"{first['seconds']:.1f} s"]
@@ -263,10 +263,10 @@ def render(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
 
     from vae_helpers import evaluate, io
-    from vae_helpers._tf import tf, tfp
+    from vae_helpers.backend import tf, tfp
     from vae_helpers.runs import RunError
 
     mnist = load_mnist_or_say_why()
@@ -303,7 +303,7 @@ def main(argv=None) -> int:
         "memory": {"peak_rss_mb": peak, "limit_mb": MEMORY_LIMIT_MB,
                    "met": peak <= MEMORY_LIMIT_MB},
     }
-    results["load_average_after"] = _load_average()
+    results["load_average_after"] = load_average()
     results["script_seconds"] = time.perf_counter() - t_start
     print(render(results))
     io.write_json(args.json, results)

@@ -52,6 +52,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import CpuMeter, fmt, json_unwritable, machine_description, percent
+
 from vae_helpers.argtypes import non_negative_int, positive_float, positive_int, seed_int
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -239,8 +241,8 @@ def calibrate_epochs(preset: dict, training: dict, budget_seconds: float, seed: 
     Returns the epochs with the measurements behind them (seconds, margin, budget).
     """
     from vae_helpers import data as data_lib
-    from vae_helpers.model import build_model
-    from vae_helpers.train import fit
+    from vae_helpers.runs import build_model
+    from vae_helpers.training import TrainingSettings, fit
 
     (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
     x_train = x_train[:n_train] if n_train else x_train
@@ -250,9 +252,9 @@ def calibrate_epochs(preset: dict, training: dict, budget_seconds: float, seed: 
                                                                   "learning_rate")}
     schedule["lr_decay_epochs"] = CALIBRATION_EPOCHS + 1.0  # any horizon: the cost is the same
     started = time.perf_counter()
-    history = fit(model, x_train, epochs=CALIBRATION_EPOCHS,
-                  batch_size=training["batch_size"], learning_rate=training["learning_rate"],
-                  seed=seed, x_test=x_test, progress=False, **schedule)
+    settings = TrainingSettings(epochs=CALIBRATION_EPOCHS, batch_size=training["batch_size"],
+                                learning_rate=training["learning_rate"], seed=seed, **schedule)
+    history = fit(model, x_train, settings, x_test=x_test, progress=False)
     seconds = [float(row["seconds"]) for row in history.rows]
     epoch = sum(seconds[1:]) / len(seconds[1:])
     usable = (1 - BUDGET_MARGIN) * budget_seconds - (seconds[0] - epoch)
@@ -264,7 +266,7 @@ def calibrate_epochs(preset: dict, training: dict, budget_seconds: float, seed: 
 def budget_epochs(preset: dict, training: dict, args, out: Path) -> tuple[int, dict | None]:
     """The epochs of a budgeted preset: those of the run being resumed, or calibrated."""
     from vae_helpers import io
-    from vae_helpers.train import completed_epochs
+    from vae_helpers.training import completed_epochs
 
     config = out / "config.json"
     if args.resume and config.exists() and completed_epochs(out / "checkpoint") > 0:
@@ -330,10 +332,6 @@ def evaluate_targets(preset: dict, metrics: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def _fmt(value, spec: str, missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
 def _anchor_text(anchor: dict | None) -> str:
     if anchor is None:
         return "-"
@@ -383,25 +381,25 @@ def render(results: dict) -> str:
         f"time    : training {m['train_seconds']:.0f} s ({minutes:.1f} min), whole run "
         f"{results['run_wall_seconds']:.0f} s; machine {results['machine']['cpu_model']}, "
         f"{results['machine']['cpu_count']} CPUs; others used "
-        f"{_share(results['others_cpu_share'])} of them meanwhile",
+        f"{percent(results['others_cpu_share'])} of them meanwhile",
         "",
     ]
     rows = [("metric", "result", "anchor", "target", "verdict")]
-    rows.append(("test ELBO (nats)", _fmt(m.get("test_elbo"), ".2f"),
+    rows.append(("test ELBO (nats)", fmt(m.get("test_elbo"), ".2f"),
                  _anchor_text(anchors.get("test_elbo")) if anchors else NO_ANCHOR,
                  f">= {preset['targets']['test_elbo']:.2f}"
                  if "test_elbo" in preset["targets"] else "-",
                  verdict_text(verdicts.get("test_elbo"), "nats")))
     iwae_name = f"IWAE k={k} (nats)" if k else "IWAE (skipped)"
-    rows.append((iwae_name, _fmt(m.get("iwae_log_likelihood"), ".2f"),
+    rows.append((iwae_name, fmt(m.get("iwae_log_likelihood"), ".2f"),
                  _anchor_text(anchors.get("iwae")) if anchors else NO_ANCHOR,
                  f">= {preset['targets']['iwae']:.2f} at k={IWAE_K}"
                  if "iwae" in preset["targets"] else "-",
                  verdict_text(verdicts.get("iwae"), "nats")))
     if "bits_per_dim_elbo" in m:
-        rows.append(("bits/dim from ELBO", _fmt(m.get("bits_per_dim_elbo"), ".4f"), "-", "-",
+        rows.append(("bits/dim from ELBO", fmt(m.get("bits_per_dim_elbo"), ".4f"), "-", "-",
                      "-"))
-        rows.append((f"bits/dim from IWAE k={k}", _fmt(m.get("bits_per_dim_iwae"), ".4f"),
+        rows.append((f"bits/dim from IWAE k={k}", fmt(m.get("bits_per_dim_iwae"), ".4f"),
                      "-", "-", "-"))
     else:
         rows.append(("bits/dim", "n/a", "-", "-",
@@ -438,7 +436,7 @@ def readme_row(results: dict) -> str:
     preset = PRESETS[results["preset"]]
     anchors = preset["anchors"]
     k = m.get("iwae_k")
-    bits = (f"{m['bits_per_dim_elbo']:.3f} / {_fmt(m.get('bits_per_dim_iwae'), '.3f')}"
+    bits = (f"{m['bits_per_dim_elbo']:.3f} / {fmt(m.get('bits_per_dim_iwae'), '.3f')}"
             if "bits_per_dim_elbo" in m else "n/a")
     anchor = "; ".join(f"{LABELS[name]} {_anchor_text(a)}"
                        for name, a in anchors.items()) or NO_ANCHOR
@@ -451,7 +449,7 @@ def readme_row(results: dict) -> str:
     data = DATA_COLUMN.get(m["data_variant"], m["data_variant"])
     return (f"| {results['preset']} | {data} | {m['epochs']} | "
             f"{m['train_seconds']:.0f} | {m['test_elbo']:.2f} | "
-            f"{_fmt(m.get('iwae_log_likelihood'), '.2f')} (k={k}) | {bits} | {anchor} | "
+            f"{fmt(m.get('iwae_log_likelihood'), '.2f')} (k={k}) | {bits} | {anchor} | "
             f"{verdicts} |")
 
 
@@ -460,10 +458,6 @@ DATA_COLUMN = {
     "binarized": "dynamically binarized; fixed test binarization",
     "dequantized": "dequantized (x+u)/256; fixed test noise",
 }
-
-
-def _share(share) -> str:
-    return "n/a" if share is None else f"{100 * share:.0f}%"
 
 
 # --------------------------------------------------------------------------- main
@@ -489,16 +483,12 @@ def main(argv=None) -> int:
               and args.budget_minutes * 60 != preset["budget_seconds"])
     out, json_path = default_paths(args, shrunk)
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    # from this folder's speed benchmark
-    from train_speed import CpuMeter, json_unwritable, machine_description
-
     from vae_helpers import io
-    from vae_helpers._tf import tf, tfp
+    from vae_helpers.backend import tf, tfp
     from vae_helpers.data import DataError
-    from vae_helpers.locks import RunLocked
+    from vae_helpers.outdirs import RunLocked
     from vae_helpers.runs import RunError, train_run
-    from vae_helpers.train import CheckpointError, TrainingDiverged
+    from vae_helpers.training import CheckpointError, TrainingDiverged
 
     problem = json_unwritable(json_path)
     if problem:

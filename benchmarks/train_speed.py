@@ -1,4 +1,4 @@
-r"""How fast ``vae_helpers.train.fit`` trains the homework VAE, and how close that is to the limit.
+r"""How fast ``vae_helpers.training.fit`` trains the homework VAE, and how near the limit that is.
 
 Run ``python benchmarks/train_speed.py --help`` for the options. One run measures:
 
@@ -78,13 +78,22 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from common import (
+    CpuMeter,
+    json_unwritable,
+    load_average,
+    load_mnist_or_say_why,
+    machine_description,
+    noise_note,
+    note,
+    others,
+)
 
 from vae_helpers.argtypes import non_negative_int, positive_int, positive_int_list
 
@@ -129,84 +138,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "just after fit() at each batch size; the median of all is "
                              "reported (default: 7)")
     return parser.parse_args(argv)
-
-
-# --------------------------------------------------------------------------- machine
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (OSError, AttributeError):
-        return None
-
-
-def _machine_busy_seconds() -> float | None:
-    """CPU seconds all processes have used since boot (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat", encoding="ascii") as f:
-            fields = f.readline().split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
-        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return None
-
-
-class CpuMeter:
-    """How much of the CPUs other processes used while a measurement ran.
-
-    ``others_cpu_share`` = (machine-wide busy CPU seconds - this process's CPU
-    seconds) / (wall seconds x os.cpu_count()): 0 on an idle machine, 0.5 when other
-    jobs kept one of two cores busy. Numbers measured at a high share are noisy.
-    """
-
-    def __init__(self):
-        self.wall = time.perf_counter()
-        self.own = _own_cpu_seconds()
-        self.busy = _machine_busy_seconds()
-
-    def stop(self) -> dict:
-        wall = time.perf_counter() - self.wall
-        own = _own_cpu_seconds() - self.own
-        busy = _machine_busy_seconds()
-        share = None
-        if busy is not None and self.busy is not None and wall > 0:
-            share = max(0.0, (busy - self.busy - own) / (wall * (os.cpu_count() or 1)))
-        return {"wall_seconds": wall, "own_cpu_seconds": own, "others_cpu_share": share}
-
-
-def _own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def machine_description(tf, tfp) -> dict:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = None
-    return {
-        "cpu_model": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "usable_cpus": usable,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "tensorflow_probability": tfp.__version__,
-        "keras": getattr(tf.keras, "__version__", "unknown"),
-        "numpy": np.__version__,
-        "tf_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "tf_inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
-    }
 
 
 # --------------------------------------------------------------------------- FLOP count
@@ -331,11 +262,11 @@ def summarize_matmul(bench: MatmulBenchmark, before: list[float], after: list[fl
 # --------------------------------------------------------------------------- fit()
 def measure_fit(x_train, batch: int, epochs: int) -> dict:
     from vae_helpers.model import VAE
-    from vae_helpers.train import fit
+    from vae_helpers.training import TrainingSettings, fit
 
     model = VAE(seed=0)
-    history = fit(model, x_train, epochs=1 + epochs, batch_size=batch, progress=False,
-                  jit_compile=True)
+    history = fit(model, x_train, TrainingSettings(epochs=1 + epochs, batch_size=batch,
+                                                   jit_compile=True), progress=False)
     seconds = [float(s) for s in history.column("seconds")]
     images = (len(x_train) // batch) * batch
     rates = [images / s for s in seconds[1:]]
@@ -425,62 +356,11 @@ def measure_eager_loop(tf, x_train, steps: int) -> dict:
 
 
 # --------------------------------------------------------------------------- report
-def _fmt(value, spec: str, missing: str = "n/a") -> str:
-    return missing if value is None else format(value, spec)
-
-
-def _note(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def _share(cpu: dict | None) -> str:
-    share = None if cpu is None else cpu.get("others_cpu_share")
-    return "n/a" if share is None else f"{100 * share:.0f}%"
-
-
-def load_mnist_or_say_why():
-    """MNIST as ``vae_helpers.data.load_mnist`` returns it, or ``None`` after printing why
-    it could not be loaded (where to put the file, which variable names it)."""
-    from vae_helpers.data import DataError, load_mnist
-
-    try:
-        return load_mnist()
-    except DataError as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return None
-
-
-def json_unwritable(path: Path) -> str | None:
-    """Why the results cannot be written to ``path`` (``None``: they can), found out
-    before minutes of measuring rather than after."""
-    from vae_helpers import io
-
-    check = path.with_name(f".{path.name}.check")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        io.write_json(check, {})
-        check.unlink()
-    except OSError as err:
-        return f"cannot write --json {path}: {err.strerror or err}"
-    return None
-
-
-def noise_note(cpus) -> list[str]:
-    """A line warning that the numbers are noisy if other processes used > 10% of the CPUs
-    during any of the measurements ``cpus`` (``CpuMeter.stop`` results or ``None``)."""
-    shares = [c["others_cpu_share"] for c in cpus
-              if c and c.get("others_cpu_share") is not None]
-    if not shares or max(shares) <= 0.1:
-        return []
-    return [f"Note: other processes used up to {100 * max(shares):.0f}% of the CPUs during "
-            "the measurements; the numbers are noisy (rerun on an idle machine)."]
-
-
 def render(results: dict) -> str:
     m = results["machine"]
     f = results["flops"]
     lines = [
-        "Training speed of vae_helpers.train.fit (homework VAE, MNIST 60k, float32, CPU)",
+        "Training speed of vae_helpers.training.fit (homework VAE, MNIST 60k, float32, CPU)",
         "",
         f"Machine : {m['cpu_model']}, os.cpu_count()={m['cpu_count']} "
         f"(usable {m['usable_cpus']})",
@@ -513,7 +393,7 @@ def render(results: dict) -> str:
         lines.append(
             f"{row['batch_size']:>5} | {fit_r['images_per_s']:>14,.0f} {spread:>19} | "
             f"{mm['gflop_per_s']:>14.1f} | {mm['limit_images_per_s']:>14,.0f} | "
-            f"{row['fraction_of_limit']:>8.3f} | {_share(row.get('cpu')):>6} | {target}")
+            f"{row['fraction_of_limit']:>8.3f} | {others(row.get('cpu')):>6} | {target}")
     lines.append("")
     for row in results["batch_sizes"]:
         mm = row["matmul_limit"]
@@ -534,7 +414,7 @@ def render(results: dict) -> str:
             f"Eager Keras baseline (batch {eager['batch_size']}, new models every step, two "
             f"tapes, Adam; {eager['timed_steps']} steps after {eager['warmup_steps']} warm-up): "
             f"{eager['images_per_s']:,.0f} images/s ({eager['seconds_per_step'] * 1e3:.1f} "
-            f"ms/step; others {_share(eager.get('cpu'))})")
+            f"ms/step; others {others(eager.get('cpu'))})")
         speedup = results["speedup_at_128"]
         if speedup is None:
             lines.append(f"fit() speed-up at batch {EAGER_BATCH}: n/a "
@@ -553,10 +433,10 @@ def render(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     t_start = time.perf_counter()
-    load_before = _load_average()
+    load_before = load_average()
 
     from vae_helpers import io
-    from vae_helpers._tf import tf, tfp
+    from vae_helpers.backend import tf, tfp
     from vae_helpers.model import VAE
 
     mnist = load_mnist_or_say_why()
@@ -576,13 +456,13 @@ def main(argv=None) -> int:
 
     rows = []
     for batch in args.batch_sizes:
-        _note(f"[batch {batch}] matmul-bound limit: {args.repeats} timed calls ...")
+        note(f"[batch {batch}] matmul-bound limit: {args.repeats} timed calls ...")
         meter = CpuMeter()
         bench = MatmulBenchmark(tf, dims, batch)
         before = bench.time(args.repeats)
-        _note(f"[batch {batch}] fit(): 1 warm-up + {args.epochs} timed epochs ...")
+        note(f"[batch {batch}] fit(): 1 warm-up + {args.epochs} timed epochs ...")
         fit_r = measure_fit(x_train, batch, args.epochs)
-        _note(f"[batch {batch}] matmul-bound limit again: {args.repeats} timed calls ...")
+        note(f"[batch {batch}] matmul-bound limit again: {args.repeats} timed calls ...")
         limit = summarize_matmul(bench, before, bench.time(args.repeats), flop_per_image)
         rows.append({
             "batch_size": batch,
@@ -594,7 +474,7 @@ def main(argv=None) -> int:
 
     eager = None
     if args.eager_steps:
-        _note(f"[eager] Keras baseline: {EAGER_WARMUP_STEPS} warm-up + {args.eager_steps} "
+        note(f"[eager] Keras baseline: {EAGER_WARMUP_STEPS} warm-up + {args.eager_steps} "
               "timed steps ...")
         meter = CpuMeter()
         eager = measure_eager_loop(tf, x_train, args.eager_steps)
@@ -619,7 +499,7 @@ def main(argv=None) -> int:
         "speedup_at_128": speedup,
         "targets": {"fraction_of_limit_at_128": TARGET_FRACTION, "speedup_at_128": TARGET_SPEEDUP},
     }
-    results["load_average_after"] = _load_average()
+    results["load_average_after"] = load_average()
     results["script_seconds"] = time.perf_counter() - t_start
     print(render(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Tests of vae_helpers.checks: each check's verdict and reason, on records built in memory."""
+"""Tests of vae_helpers.grading.checks: each check's verdict and reason, on records built
+in memory."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vae_helpers import checks, rubric
-from vae_helpers.recorded import PNG_SIGNATURE, Records
+from vae_helpers.grading import checks, rubric
+from vae_helpers.grading.recorded import PNG_SIGNATURE, Records
 
 pytestmark = pytest.mark.unit
 

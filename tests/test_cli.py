@@ -405,14 +405,14 @@ def test_schedule_options_reach_train_run(argv, expected, tmp_path, monkeypatch,
 
     seen = {}
 
-    def fake_train_run(out, **kwargs):
-        seen.update(kwargs)
+    def fake_train_run(out, settings=None, **kwargs):
+        seen.update(kwargs, settings=settings)
         return {"test_elbo": -1.0, "test_reconstruction": -0.5, "test_kl": 0.5,
                 "iwae_log_likelihood": None, "data_description": "fake"}
 
     monkeypatch.setattr(runs, "train_run", fake_train_run)
     assert main(["train", "--out", str(tmp_path / "run"), *argv]) == 0
-    assert {k: seen[k] for k in expected} == expected
+    assert {k: getattr(seen["settings"], k) for k in expected} == expected  # one settings object
     capsys.readouterr()
 
 
@@ -427,7 +427,7 @@ def test_prior_and_posterior_options_reach_train_run(argv, expected, tmp_path, m
 
     seen = {}
 
-    def fake_train_run(out, **kwargs):
+    def fake_train_run(out, settings=None, **kwargs):
         seen.update(kwargs)
         return {"test_elbo": 1.0, "test_reconstruction": 1.5, "test_kl": 0.5,
                 "iwae_log_likelihood": None, "data_description": "fake"}
@@ -694,7 +694,7 @@ def test_divergence_after_a_checkpoint_keeps_it_loadable(tmp_path, fake_mnist, m
     would depend on the platform's arithmetic) stop the run in epoch 2 with one line; the
     checkpoint of epoch 1 is the run's latest and restores the weights it had."""
     from vae_helpers import runs
-    from vae_helpers._tf import tf
+    from vae_helpers.backend import tf
 
     real_fit, good = runs.fit, {}
 

@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.compare and its report: two runs' records side by side."""
+"""Tests of vae_helpers.grading.compare and its report: two runs' records side by side."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from vae_helpers import compare, plots, record, recorded
+from vae_helpers import plots
 from vae_helpers.__main__ import main
+from vae_helpers.course import record
+from vae_helpers.grading import compare, recorded
 
 pytestmark = pytest.mark.unit
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from vae_helpers import data
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 from vae_helpers.data import DataError
 from vae_helpers.seeding import SALT_TEST_BINARIZATION, stateless_seed
 

@@ -9,7 +9,7 @@ import pytest
 
 from vae_helpers import distributions as dist
 from vae_helpers import evaluate, runs
-from vae_helpers._tf import tf, tfd
+from vae_helpers.backend import tf, tfd
 from vae_helpers.discrete import (
     MAX_CODES,
     CategoricalVAE,
@@ -18,8 +18,8 @@ from vae_helpers.discrete import (
     category_examples,
     contingency_table,
 )
-from vae_helpers.model import build_model
-from vae_helpers.train import fit
+from vae_helpers.runs import build_model
+from vae_helpers.training import TrainingSettings, fit
 
 pytestmark = pytest.mark.unit
 
@@ -243,7 +243,8 @@ def test_a_short_training_run_raises_the_true_elbo(estimator, blob_digits):
                            anneal_epochs=5.0)
     held_out = evaluate.prepare_eval_data(digits[-256:], "binarized")
     before = float(np.mean(model.compute_elbo(held_out)))
-    fit(model, digits[:1024], epochs=15, batch_size=128, learning_rate=3e-3, progress=False)
+    fit(model, digits[:1024], TrainingSettings(epochs=15, batch_size=128, learning_rate=3e-3),
+        progress=False)
     after = float(np.mean(model.compute_elbo(held_out)))
     assert after > before + 100, (before, after)
 

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from vae_helpers import distributions as dist
-from vae_helpers._tf import tf, tfd
+from vae_helpers.backend import tf, tfd
 
 pytestmark = pytest.mark.unit
 

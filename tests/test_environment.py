@@ -100,14 +100,78 @@ def test_environment_installs_the_package_and_a_python_it_supports():
 
 
 def test_pins_satisfy_the_package_dependencies():
-    """Every dependency of pyproject.toml is pinned, inside its declared range."""
+    """Every dependency of pyproject.toml, its extras' too, is pinned inside its range."""
     pins = requirements_pins()
     project = pyproject()["project"]
-    for text in project["dependencies"]:
+    extras = project.get("optional-dependencies", {})
+    for text in [*project["dependencies"], *(t for texts in extras.values() for t in texts)]:
         requirement = Requirement(text)
         name = canonical(requirement.name)
         assert name in pins, f"{name} is a dependency but not pinned in requirements.txt"
         assert requirement.specifier.contains(pins[name]), (text, pins[name])
+
+
+def installed_closure(requirements) -> set[str]:
+    """The distributions ``pip install`` of ``requirements`` brings, as this environment
+    has them: the requirements and, recursively, what their metadata requires (extras
+    and markers that do not apply left out)."""
+    from importlib.metadata import requires
+
+    found, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue
+        name = canonical(req.name)
+        if name in found:
+            continue
+        found.add(name)
+        todo += [Requirement(r) for r in requires(name) or []]
+    return found
+
+
+def third_party_imports(sources) -> set[str]:
+    """The top-level modules ``sources`` (Python code) import, beyond the standard library
+    and the package itself."""
+    import ast
+
+    names = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "vae_helpers"}
+
+
+def test_pip_install_brings_what_the_course_imports_and_only_the_grading_extra_brings_dask():
+    """``pip install .``: every module the library, the course and the notebooks import is in
+    the distributions it installs, and dask is not; ``.[grading]`` adds what the grader
+    imports, dask among them."""
+    from importlib.metadata import packages_distributions
+
+    import nbformat
+
+    project = pyproject()["project"]
+    base = installed_closure(project["dependencies"])
+    full = installed_closure([*project["dependencies"],
+                              *project["optional-dependencies"]["grading"]])
+    owners = {module: {canonical(d) for d in dists}
+              for module, dists in packages_distributions().items()}
+    package = ROOT / "vae_helpers"
+    course = [p.read_text() for p in [*package.glob("*.py"), *(package / "course").glob("*.py")]]
+    cells = [c.source for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))
+             for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
+    cells = ["\n".join(line for line in cell.splitlines()
+                       if not line.lstrip().startswith(("%", "!"))) for cell in cells]
+    for module in sorted(third_party_imports(course + cells)):
+        assert owners.get(module, set()) & base, f"pip install . lacks {module}"
+    assert {"dask", "distributed"}.isdisjoint(base), "dask belongs to the grading extra only"
+    assert {"dask", "distributed"} <= full
+    grader = [p.read_text() for p in (package / "grading").glob("*.py")]
+    for module in sorted(third_party_imports(grader)):
+        assert owners.get(module, set()) & full, f"pip install '.[grading]' lacks {module}"
 
 
 def test_installed_versions_are_the_pinned_ones():
@@ -131,15 +195,15 @@ import matplotlib
 before = dict(matplotlib.rcParams)
 import vae_helpers
 imported = []
-for info in pkgutil.iter_modules(vae_helpers.__path__):
-    if info.name != "__main__":
-        __import__(f"vae_helpers.{info.name}")
-        imported.append(info.name)
+for info in pkgutil.walk_packages(vae_helpers.__path__, "vae_helpers."):
+    if not info.name.endswith("__main__"):
+        __import__(info.name)
+        imported.append(info.name.removeprefix("vae_helpers."))
 after = dict(matplotlib.rcParams)
 changed = sorted(k for k in set(before) | set(after)
                  if repr(before.get(k)) != repr(after.get(k)))
 import numpy as np
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 determinism = getattr(tf.config.experimental, "is_op_determinism_enabled", None)
 if determinism is None:  # not exported by every TF release
     from tensorflow.python.framework.config import is_op_determinism_enabled as determinism
@@ -186,7 +250,7 @@ RETRACING_PROBE = r"""
 import numpy as np
 from vae_helpers import evaluate
 from vae_helpers.model import VAE
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 x = np.random.default_rng(0).uniform(size=(40, 784)).astype("float32")
 for i in range(8):  # a new model (so new compiled functions) and a new shape each time
     evaluate.evaluate_elbo(VAE(hidden_units=[8]), x[:10 + i])
@@ -208,7 +272,10 @@ def test_the_retracing_warning_of_many_models_is_dropped_and_nothing_else(verbos
 
 def test_import_covers_every_module(import_probes):
     _, report = import_probes[0]
-    expected = {"data", "model", "train", "evaluate", "runs", "distributions", "io", "seeding"}
+    expected = {"data", "model", "training", "training.loop", "training.checkpoints", "evaluate",
+                "runs", "distributions", "io", "seeding", "outdirs",
+                "course", "course.notebook", "course.pipeline", "course.record",
+                "grading", "grading.grader", "grading.batch", "grading.recorded"}
     assert expected <= set(report["imported"])
 
 

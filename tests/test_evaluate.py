@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vae_helpers import evaluate
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 from vae_helpers.model import VAE
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.execution: one notebook in a child process, within its limits.
+"""Tests of vae_helpers.course.execution: one notebook in a child process, within its limits.
 
 Each test runs a real kernel on a tiny notebook (a few seconds each).
 """
@@ -12,7 +12,7 @@ import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from vae_helpers import execution, watchdog
+from vae_helpers.course import execution, watchdog
 
 pytestmark = pytest.mark.unit
 

@@ -37,9 +37,9 @@ from pathlib import Path
 import pytest
 
 from vae_helpers.__main__ import main
-from vae_helpers.locks import LOCK_NAME, RunLocked, run_lock
+from vae_helpers.outdirs import LOCK_NAME, RunLocked, run_lock
 from vae_helpers.runs import load_model
-from vae_helpers.train import completed_epochs
+from vae_helpers.training import completed_epochs
 
 pytestmark = pytest.mark.unit
 
@@ -368,7 +368,7 @@ def test_a_run_directory_that_becomes_unwritable_stops_the_run_with_its_checkpoi
 
 HOLD = """
 import sys, time
-from vae_helpers.locks import run_lock
+from vae_helpers.outdirs import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)

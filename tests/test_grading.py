@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.grading and vae_helpers.batch on small stand-in notebooks.
+"""Tests of vae_helpers.grading.grader and .batch on small stand-in notebooks.
 
 The stand-ins record every deliverable of the homework from random numbers (no
 TensorFlow), so a grade takes seconds. One batch, graded once for the module,
@@ -21,8 +21,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 import vae_helpers
-from vae_helpers import batch, grading, rubric, sandbox
 from vae_helpers.__main__ import main
+from vae_helpers.grading import batch, grader, rubric, sandbox
 
 pytestmark = pytest.mark.unit
 
@@ -30,7 +30,8 @@ PACKAGE = Path(vae_helpers.__file__).resolve().parent
 FIGURES = '''
 import matplotlib.pyplot as plt
 import numpy as np
-from vae_helpers import plots, record
+from vae_helpers import plots
+from vae_helpers.course import record
 record.set_run_dir(run_dir)
 rng = np.random.default_rng(0)
 for name, n in [("real_10x10", 10), ("samples_10x10", 10), ("reconstructions_10x10", 10),
@@ -42,7 +43,7 @@ record.array("latent_means", rng.normal(size=(100, 2)))
 plt.close("all")
 '''
 METRICS = '''
-from vae_helpers import record
+from vae_helpers.course import record
 record.set_run_dir(run_dir)
 record.metric("test_elbo", 140.0 + offset, n_test=500)
 record.metric("iwae_log_likelihood", 150.0 + offset, k=16)
@@ -92,7 +93,7 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("grading")
     reference = root / "reference"
     with pytest.MonkeyPatch.context() as patch:
-        from vae_helpers import record
+        from vae_helpers.course import record
 
         patch.delenv(record.RECORD_DIR_ENV, raising=False)
         patch.setattr(record, "_state", {})
@@ -132,7 +133,7 @@ json.dump({"records": {
     "iwae_log_likelihood": {"kind": "metric", "value": "150.0", "details": {"k": 16}},
     "model_spec": {"kind": "spec", "value": {"latent_dim": "2"}},
     "real_10x10": figure, "samples_10x10": figure}}, open(f"{run}/records.json", "w"))
-''', "from vae_helpers import record\nrecord.metric('junk', float('nan'))")
+''', "from vae_helpers.course import record\nrecord.metric('junk', float('nan'))")
     if sandboxed:
         out = setup["root"] / "batch"
         targets = [setup["reference"] / "records.json", PACKAGE / "__init__.py",
@@ -287,7 +288,7 @@ def test_a_batch_started_again_grades_only_what_is_new(hostile_batch, setup, tmp
     assert graded == ["hog", "raises"]
     assert (out / "alice" / "grade.json").read_bytes() == kept_before
     again = json.loads((out / "raises" / "grade.json").read_text())
-    assert again["submission"]["sha256"] == grading.submission_hash(submissions / "raises.ipynb")
+    assert again["submission"]["sha256"] == grader.submission_hash(submissions / "raises.ipynb")
     assert "execution" not in failures(again)  # the new version runs (and records nothing)
     assert sum("graded before" in m for m in messages) == len(rows) - 2
 
@@ -336,18 +337,18 @@ def test_the_grader_refuses_what_it_cannot_grade(setup, tmp_path, monkeypatch):
     good = good_notebook(tmp_path / "hw.ipynb")
     empty = tmp_path / "empty_run"
     empty.mkdir()
-    with pytest.raises(grading.GradingError, match="empty_run: no records.json"):
-        grading.grade(good, empty, tmp_path / "g", rubric=setup["rubric"], data=setup["data"])
-    with pytest.raises(grading.GradingError, match="no MNIST file"):
-        grading.grade(good, setup["reference"], tmp_path / "g", rubric=setup["rubric"],
+    with pytest.raises(grader.GradingError, match="empty_run: no records.json"):
+        grader.grade(good, empty, tmp_path / "g", rubric=setup["rubric"], data=setup["data"])
+    with pytest.raises(grader.GradingError, match="no MNIST file"):
+        grader.grade(good, setup["reference"], tmp_path / "g", rubric=setup["rubric"],
                       data="")
-    with pytest.raises(grading.GradingError, match="overlaps the reference run"):
-        grading.grade(good, setup["reference"], setup["reference"] / "g",
+    with pytest.raises(grader.GradingError, match="overlaps the reference run"):
+        grader.grade(good, setup["reference"], setup["reference"] / "g",
                       rubric=setup["rubric"], data=setup["data"])
     rubric_without = rubric.load(setup["root"] / "rubric.toml")
     rubric_without.metrics["bits_per_dim"] = {"tolerance": 1.0, "same_details": []}
-    with pytest.raises(grading.GradingError, match="has no valid bits_per_dim to compare"):
-        grading.grade(good, setup["reference"], tmp_path / "g", rubric=rubric_without,
+    with pytest.raises(grader.GradingError, match="has no valid bits_per_dim to compare"):
+        grader.grade(good, setup["reference"], tmp_path / "g", rubric=rubric_without,
                       data=setup["data"])
     assert not (tmp_path / "g").exists()
 

@@ -18,7 +18,8 @@ import os
 import nbformat
 import pytest
 
-from vae_helpers import batch, pipeline, rubric, student
+from vae_helpers.course import pipeline, student
+from vae_helpers.grading import batch, rubric
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.skipif(
     not os.environ.get("VAE_MNIST"),

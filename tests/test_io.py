@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from vae_helpers import io
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 
 pytestmark = pytest.mark.unit
 

@@ -9,9 +9,10 @@ from scipy import stats
 
 from vae_helpers import distributions as dist
 from vae_helpers import evaluate
-from vae_helpers._tf import tf, tfd
-from vae_helpers.model import VAE, build_model
-from vae_helpers.train import fit
+from vae_helpers.backend import tf, tfd
+from vae_helpers.model import VAE
+from vae_helpers.runs import build_model
+from vae_helpers.training import TrainingSettings, fit
 
 pytestmark = pytest.mark.unit
 
@@ -148,7 +149,8 @@ def test_short_training_with_a_laplace_prior_raises_the_elbo(posterior, blob_dig
     model = VAE(prior="laplace", posterior=posterior, hidden_units=[64])
     held_out = evaluate.prepare_eval_data(digits[-256:], "dequantized")
     before = evaluate.evaluate_elbo(model, held_out, n_samples=10)["elbo"]
-    fit(model, digits[:1024], epochs=20, batch_size=128, learning_rate=3e-3, progress=False)
+    fit(model, digits[:1024], TrainingSettings(epochs=20, batch_size=128, learning_rate=3e-3),
+        progress=False)
     after = evaluate.evaluate_elbo(model, held_out, n_samples=10)["elbo"]
     assert after > before + 200, (before, after)
 

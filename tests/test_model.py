@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from vae_helpers import distributions as dist
-from vae_helpers._tf import tf, tfd
+from vae_helpers.backend import tf, tfd
 from vae_helpers.model import VAE
 
 pytestmark = pytest.mark.unit

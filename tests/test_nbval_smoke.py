@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vae_helpers import pipeline
+from vae_helpers.course import pipeline
 
 pytestmark = [pytest.mark.notebooks, pytest.mark.skipif(
     not os.environ.get("VAE_MNIST"),

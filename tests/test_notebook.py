@@ -1,4 +1,5 @@
-"""Tests of vae_helpers.notebook: Colab links, run directories, version and numeric checks."""
+"""Tests of vae_helpers.course.notebook: Colab links, run directories, version and numeric
+checks."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_helpers import notebook
+from vae_helpers.course import notebook
 
 pytestmark = pytest.mark.unit
 

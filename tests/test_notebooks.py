@@ -17,7 +17,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vae_helpers import notebook, pipeline
+from vae_helpers.course import notebook, pipeline
 
 pytestmark = pytest.mark.unit
 

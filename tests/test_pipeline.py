@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.pipeline on small stand-in notebooks (no TensorFlow in them).
+"""Tests of vae_helpers.course.pipeline on small stand-in notebooks (no TensorFlow in them).
 
 Each run executes real notebooks with papermill in a real kernel, so these tests
 take a few seconds each.
@@ -12,8 +12,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from vae_helpers import pipeline
 from vae_helpers.__main__ import main
+from vae_helpers.course import pipeline
 
 pytestmark = pytest.mark.unit
 
@@ -234,11 +234,11 @@ def test_a_second_pipeline_into_the_same_directory_is_refused(notebooks, tmp_pat
     import subprocess
     import sys
 
-    from vae_helpers.locks import RunLocked
+    from vae_helpers.outdirs import RunLocked
 
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom vae_helpers.locks import run_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom vae_helpers.outdirs import run_lock\n"
          "with run_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(60)",
          str(out)], stdout=subprocess.PIPE, text=True)
     try:

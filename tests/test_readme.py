@@ -16,7 +16,7 @@ README = (ROOT / "README.md").read_text(encoding="utf-8")
 
 def _module_rows():
     for line in README.splitlines():
-        match = re.match(r"\| `(vae_helpers\.\w+)` \| (.*) \|$", line)
+        match = re.match(r"\| `(vae_helpers(?:\.\w+)+)` \| (.*) \|$", line)
         if match:
             yield match.group(1), match.group(2)
 
@@ -48,7 +48,7 @@ def test_every_cli_option_in_the_readme_exists_and_every_option_is_documented():
 
 
 def test_every_grading_option_is_documented_and_every_flag_named_is_used():
-    from vae_helpers import sandbox
+    from vae_helpers.grading import sandbox
 
     section = README[README.index("## Grading and comparing"):
                      README.index("## Tests and benchmarks")]
@@ -64,7 +64,7 @@ def test_every_grading_option_is_documented_and_every_flag_named_is_used():
 
 
 def test_the_record_names_of_the_readme_are_the_homeworks():
-    from vae_helpers import record
+    from vae_helpers.course import record
 
     section = README[README.index("### What a homework notebook records"):
                      README.index("### Comparing two runs")]

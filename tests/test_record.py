@@ -1,5 +1,5 @@
-"""Tests of vae_helpers.record (writing records) and vae_helpers.recorded (reading them back
-as untrusted input)."""
+"""Tests of vae_helpers.course.record (writing records) and vae_helpers.grading.recorded
+(reading them back as untrusted input)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from vae_helpers import plots, record, recorded
-from vae_helpers.record import RecordError
+from vae_helpers import plots
+from vae_helpers.course import record
+from vae_helpers.course.record import RecordError
+from vae_helpers.grading import recorded
 
 pytestmark = pytest.mark.unit
 

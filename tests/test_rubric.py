@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.rubric: the shipped rubric and the errors of a bad one."""
+"""Tests of vae_helpers.grading.rubric: the shipped rubric and the errors of a bad one."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import hashlib
 
 import pytest
 
-from vae_helpers import record, rubric
+from vae_helpers.course import record
+from vae_helpers.grading import rubric
 
 pytestmark = pytest.mark.unit
 
@@ -28,7 +29,7 @@ def test_the_shipped_rubric_asks_for_the_homework():
 
 
 def test_the_shipped_rubric_sets_only_parameters_the_homework_declares():
-    from vae_helpers.pipeline import declared_parameters, notebook_dir
+    from vae_helpers.course.pipeline import declared_parameters, notebook_dir
 
     declared = set().union(*(declared_parameters(notebook_dir() / f"{n}.ipynb")
                              for n in ("03_train", "04_analysis")))

@@ -18,12 +18,12 @@ import pytest
 
 from vae_helpers import data as data_lib
 from vae_helpers import io
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 from vae_helpers.evaluate import evaluate
-from vae_helpers.locks import LOCK_NAME, RunLocked
 from vae_helpers.model import VAE
+from vae_helpers.outdirs import LOCK_NAME, RunLocked
 from vae_helpers.runs import RunError, load_model, load_run, train_run
-from vae_helpers.train import HISTORY_FIELDS, RunWriteError
+from vae_helpers.training import HISTORY_FIELDS, RunWriteError
 
 pytestmark = pytest.mark.unit
 
@@ -257,7 +257,7 @@ def test_resuming_a_complete_run_with_another_iwae_k_evaluates_again(run, fake_m
 
 HOLD_LOCK = """
 import sys, time
-from vae_helpers.locks import run_lock
+from vae_helpers.outdirs import run_lock
 with run_lock(sys.argv[1]):
     print("locked", flush=True)
     time.sleep(600)
@@ -300,7 +300,7 @@ def test_a_stale_lock_file_neither_blocks_nor_counts_as_a_run(fake_mnist, tmp_pa
         pass
 
     def fit_reached(*args, checkpoint_dir, **kwargs):
-        assert (checkpoint_dir.parent / "config.json").exists()
+        assert (checkpoint_dir.folder.parent / "config.json").exists()  # a Checkpoints
         raise Reached
 
     monkeypatch.setattr("vae_helpers.runs.fit", fit_reached)

@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.sandbox: the bubblewrap command, the probe, and real isolation."""
+"""Tests of vae_helpers.grading.sandbox: the bubblewrap command, the probe, and real isolation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from vae_helpers import sandbox
+from vae_helpers.grading import sandbox
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Tests of vae_helpers.student: solution regions become stubs, everything else stays."""
+"""Tests of vae_helpers.course.student: solution regions become stubs, everything else stays."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from vae_helpers import student
 from vae_helpers.__main__ import main
+from vae_helpers.course import student
 
 pytestmark = pytest.mark.unit
 

@@ -66,7 +66,7 @@ def checked(source: str, text: str, *tags: str):
 def test_nbval_runs_notebooks_at_the_smoke_profiles_sizes_unless_asked_for_full(tmp_path):
     """The smoke profile's value of ``epochs`` is injected after the parameters cell (the
     file is not changed); a reference-run cell is compared at the full profile only."""
-    from vae_helpers import pipeline
+    from vae_helpers.course import pipeline
 
     smoke_epochs = pipeline.PROFILES["smoke"].overrides["epochs"]
     folder = tmp_path / "notebooks"

@@ -2,6 +2,7 @@
 and on writes that fail."""
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -14,23 +15,36 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vae_helpers import evaluate, io
-from vae_helpers._tf import tf
+from vae_helpers import evaluate, io, training
+from vae_helpers.backend import tf
 from vae_helpers.model import VAE
-from vae_helpers.train import (
+from vae_helpers.training import (
     HISTORY_FIELDS,
     SCHEDULE_DEFAULTS,
     RunWriteError,
     TrainingDiverged,
-    fit,
+    TrainingSettings,
     kl_weight_at,
     learning_rate_at,
-    training_schedule,
 )
 
 pytestmark = pytest.mark.unit
 
 SMALL = dict(latent_dim=2, hidden_units=[64])
+SETTINGS = {f.name for f in dataclasses.fields(TrainingSettings)}
+
+
+def run_fit(model, x, **options):
+    """``training.fit(model, x, settings, ...)`` with the ``TrainingSettings`` fields among
+    ``options`` as its settings: the tests spell a run's settings and fit's own arguments
+    (``x_test``, ``checkpoint_dir``, ``resume``, ``progress``, ...) side by side."""
+    settings = TrainingSettings(**{k: options.pop(k) for k in SETTINGS & set(options)})
+    return training.fit(model, x, settings, **options)
+
+
+def resolved_schedule(epochs, learning_rate, **options) -> dict:
+    """The schedule of ``TrainingSettings(epochs=..., learning_rate=..., **options)``."""
+    return TrainingSettings(epochs=epochs, learning_rate=learning_rate, **options).schedule
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +74,7 @@ def _shared_run(tmp_path_factory, digits, name, **kwargs):
     """Train ``VAE(**SMALL)`` on ``digits[:256]`` into a checkpoint directory of its own;
     yield ``(directory, history)``, and check at teardown that no test changed a file."""
     directory = tmp_path_factory.mktemp(name)
-    history = fit(VAE(**SMALL), digits[:256], checkpoint_dir=directory, progress=False,
+    history = run_fit(VAE(**SMALL), digits[:256], checkpoint_dir=directory, progress=False,
                   **kwargs)
     files = _files(directory)
     yield directory, history
@@ -69,7 +83,7 @@ def _shared_run(tmp_path_factory, digits, name, **kwargs):
 
 @pytest.fixture(scope="module")
 def one_epoch_run(tmp_path_factory, digits):
-    """``fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=...)`` at the defaults
+    """``run_fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=...)`` at the defaults
     (batch 128, seed 0): ``(checkpoint directory, history)``.
 
     Read-only: shared by the tests of this module. A test that resumes, damages or writes
@@ -81,7 +95,7 @@ def one_epoch_run(tmp_path_factory, digits):
 
 @pytest.fixture(scope="module")
 def two_epoch_run(tmp_path_factory, digits):
-    """``fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, seed=0,
+    """``run_fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, seed=0,
     checkpoint_dir=...)``: ``(checkpoint directory, history)``, an uninterrupted run.
 
     Read-only: shared by the tests of this module. A test that resumes, damages or writes
@@ -103,7 +117,7 @@ def test_a_few_hundred_steps_raise_the_elbo(digits):
     model = VAE(**SMALL)
     held_out = evaluate.prepare_eval_data(digits[-256:], "dequantized")
     before = evaluate.evaluate_elbo(model, held_out, n_samples=10)["elbo"]
-    history = fit(model, digits[:1024], epochs=40, batch_size=128, learning_rate=3e-3,
+    history = run_fit(model, digits[:1024], epochs=40, batch_size=128, learning_rate=3e-3,
                   progress=False)                             # 40 x 8 = 320 steps
     after = evaluate.evaluate_elbo(model, held_out, n_samples=10)["elbo"]
     assert after > before + 200, (before, after)
@@ -116,7 +130,7 @@ def test_same_seed_same_numbers_different_seed_different(digits):
     runs = []
     for seed in (1, 1, 2):
         model = VAE(seed=seed, **SMALL)
-        h = fit(model, digits[:512], epochs=3, seed=seed, x_test=digits[-128:], progress=False)
+        h = run_fit(model, digits[:512], epochs=3, seed=seed, x_test=digits[-128:], progress=False)
         runs.append((_weights(model), h.column("train_elbo"), h.column("test_elbo")))
     for a, b in zip(runs[0][0], runs[1][0], strict=True):
         np.testing.assert_array_equal(a, b)
@@ -129,12 +143,12 @@ def test_same_seed_same_numbers_different_seed_different(digits):
 def test_interrupted_then_resumed_equals_uninterrupted(digits, tmp_path, likelihood):
     kwargs = dict(epochs=4, batch_size=64, seed=3, x_test=digits[-128:], progress=False)
     straight = VAE(likelihood=likelihood, seed=3, **SMALL)
-    h_straight = fit(straight, digits[:512], checkpoint_dir=tmp_path / "a", **kwargs)
+    h_straight = run_fit(straight, digits[:512], checkpoint_dir=tmp_path / "a", **kwargs)
 
     first = VAE(likelihood=likelihood, seed=3, **SMALL)
-    fit(first, digits[:512], checkpoint_dir=tmp_path / "b", **{**kwargs, "epochs": 2})
+    run_fit(first, digits[:512], checkpoint_dir=tmp_path / "b", **{**kwargs, "epochs": 2})
     resumed = VAE(likelihood=likelihood, seed=3, **SMALL)   # a new process would start here
-    h_resumed = fit(resumed, digits[:512], checkpoint_dir=tmp_path / "b", resume=True, **kwargs)
+    h_resumed = run_fit(resumed, digits[:512], checkpoint_dir=tmp_path / "b", resume=True, **kwargs)
 
     for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -146,10 +160,10 @@ def test_interrupted_then_resumed_equals_uninterrupted(digits, tmp_path, likelih
 def test_resume_after_a_crash_between_history_and_checkpoint(digits, tmp_path, two_epoch_run):
     """history.json is written before the checkpoint; one row ahead is dropped on resume."""
     kwargs = dict(batch_size=64, seed=0, progress=False)
-    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    copy_run(two_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
     rows = io.read_json(tmp_path / "history.json")
     io.write_json(tmp_path / "history.json", rows + [dict(rows[-1], epoch=3)])
-    h = fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
+    h = run_fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
             **kwargs)
     assert [r["epoch"] for r in h.rows] == [1, 2, 3]
     assert h.rows[2]["train_elbo"] != rows[-1]["train_elbo"]
@@ -157,17 +171,17 @@ def test_resume_after_a_crash_between_history_and_checkpoint(digits, tmp_path, t
 
 def test_existing_checkpoint_is_never_overwritten_without_resume(digits, tmp_path,
                                                                 one_epoch_run):
-    copy_run(one_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=1)
+    copy_run(one_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], epochs=1)
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(FileExistsError, match="resume=True"):
-        fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, progress=False)
+        run_fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 
 
 def test_resume_with_different_settings_is_refused(digits, tmp_path, one_epoch_run):
-    copy_run(one_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=1)
+    copy_run(one_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], epochs=1)
     with pytest.raises(ValueError, match="learning_rate"):
-        fit(VAE(**SMALL), digits[:256], epochs=2, learning_rate=0.01, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=2, learning_rate=0.01, checkpoint_dir=tmp_path,
             resume=True, progress=False)
 
 
@@ -181,7 +195,7 @@ def test_divergence_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(d
             model.decoder.layers[0].w.assign(tf.fill(model.decoder.layers[0].w.shape, np.nan))
 
     with pytest.raises(TrainingDiverged) as err:
-        fit(model, digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(model, digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
             progress=False, on_epoch_end=poison_after_first_epoch)
     message = str(err.value)
     assert "epoch 2, step 1 of 4" in message and "ckpt-1" in message
@@ -197,7 +211,7 @@ def test_divergence_stops_naming_epoch_and_step_and_keeps_last_good_checkpoint(d
 def test_a_huge_learning_rate_is_caught_and_the_bad_update_not_applied(digits):
     model = VAE(**SMALL)
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+ of 8.*learning_rate"):
-        fit(model, digits[:512], epochs=2, batch_size=64, learning_rate=1e30, progress=False)
+        run_fit(model, digits[:512], epochs=2, batch_size=64, learning_rate=1e30, progress=False)
     assert all(np.all(np.isfinite(w)) for w in _weights(model))
 
 
@@ -210,21 +224,21 @@ def test_a_huge_learning_rate_is_caught_and_the_bad_update_not_applied(digits):
 ])
 def test_bad_arguments(digits, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        fit(VAE(**SMALL), digits[:256], progress=False, **kwargs)
+        run_fit(VAE(**SMALL), digits[:256], progress=False, **kwargs)
 
 
 def test_bad_data():
     with pytest.raises(ValueError, match="NaN"):
-        fit(VAE(**SMALL), np.full((256, 784), np.nan, "float32"), epochs=1, progress=False)
+        run_fit(VAE(**SMALL), np.full((256, 784), np.nan, "float32"), epochs=1, progress=False)
     with pytest.raises(ValueError, match="shape"):
-        fit(VAE(**SMALL), np.zeros(256, "uint8"), epochs=1, progress=False)
+        run_fit(VAE(**SMALL), np.zeros(256, "uint8"), epochs=1, progress=False)
     with pytest.raises(ValueError, match="dtype"):
-        fit(VAE(**SMALL), np.zeros((256, 784), "int64"), epochs=1, progress=False)
+        run_fit(VAE(**SMALL), np.zeros((256, 784), "int64"), epochs=1, progress=False)
 
 
 def test_float_data_are_used_as_given(digits):
     x = (digits[:256].reshape(256, -1) / 255.0).astype("float32")
-    h = fit(VAE(**SMALL), x, epochs=2, batch_size=64, progress=False)
+    h = run_fit(VAE(**SMALL), x, epochs=2, batch_size=64, progress=False)
     assert np.all(np.isfinite(h.column("train_elbo")))
 
 
@@ -241,14 +255,14 @@ def test_every_epoch_draws_a_fresh_binarization(digits):
         layer.w.assign(tf.zeros_like(layer.w))
     model.decoder.layers[-1].b.assign(tf.linspace(-2.0, 2.0, 784))
     pixels = np.full((256, 784), 128, np.uint8)
-    h = fit(model, pixels, epochs=4, batch_size=256, learning_rate=1e-30, progress=False)
+    h = run_fit(model, pixels, epochs=4, batch_size=256, learning_rate=1e-30, progress=False)
     rec = h.column("train_reconstruction")
     assert len(set(rec.round(3))) == 4, rec
     assert np.std(rec) > 0.05
 
 
 def test_the_test_set_transform_does_not_depend_on_the_training_seed(digits, monkeypatch):
-    from vae_helpers import train as train_mod
+    from vae_helpers.training import loop as train_mod
 
     seen = []
     original = train_mod.prepare_eval_data
@@ -259,46 +273,48 @@ def test_the_test_set_transform_does_not_depend_on_the_training_seed(digits, mon
 
     monkeypatch.setattr(train_mod, "prepare_eval_data", spy)
     for seed in (0, 5):
-        fit(VAE(**SMALL), digits[:256], epochs=1, seed=seed, x_test=digits[-64:], progress=False)
+        run_fit(VAE(**SMALL), digits[:256], epochs=1, seed=seed, x_test=digits[-64:],
+                progress=False)
     assert seen == [evaluate.TEST_SEED, evaluate.TEST_SEED]
 
 
 def test_resume_falls_back_to_the_older_checkpoint_when_the_newest_is_damaged(digits, tmp_path,
                                                                               two_epoch_run):
     kwargs = dict(batch_size=64, seed=0, progress=False)
-    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    copy_run(two_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
     (tmp_path / "ckpt-2.data-00000-of-00001").write_bytes(b"\0" * 100)   # truncated
     with pytest.warns(UserWarning, match="resuming from ckpt-1"):
-        h = fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
+        h = run_fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
                 **kwargs)
     assert [r["epoch"] for r in h.rows] == [1, 2, 3]
-    straight = fit(VAE(**SMALL), digits[:256], epochs=3, **kwargs)
+    straight = run_fit(VAE(**SMALL), digits[:256], epochs=3, **kwargs)
     np.testing.assert_array_equal(h.column("train_elbo"), straight.column("train_elbo"))
 
 
 def test_resume_with_no_readable_checkpoint_is_a_clear_error(digits, tmp_path, two_epoch_run):
-    from vae_helpers.train import CheckpointError
+    from vae_helpers.training import CheckpointError
 
-    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64)
+    copy_run(two_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], 2 epochs, batch 64)
     for data_file in tmp_path.glob("ckpt-*.data-*"):
         data_file.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="no checkpoint there can be read"):
-        fit(VAE(**SMALL), digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
             resume=True, progress=False)
 
 
 def test_resume_to_fewer_epochs_or_on_other_data_is_refused(digits, tmp_path, two_epoch_run):
-    copy_run(two_epoch_run, tmp_path)  # fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64)
+    copy_run(two_epoch_run, tmp_path)  # run_fit(VAE(**SMALL), digits[:256], 2 epochs, batch 64)
     with pytest.raises(ValueError, match="already trained 2"):
-        fit(VAE(**SMALL), digits[:256], epochs=1, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=1, batch_size=64, checkpoint_dir=tmp_path,
             resume=True, progress=False)
     with pytest.raises(ValueError, match="data_sha256"):
-        fit(VAE(**SMALL), digits[256:512], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[256:512], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
             resume=True, progress=False)
 
 
 def test_numpy_learning_rates_are_accepted(digits):
-    h = fit(VAE(**SMALL), digits[:256], epochs=1, learning_rate=np.float32(1e-3), progress=False)
+    h = run_fit(VAE(**SMALL), digits[:256], epochs=1, learning_rate=np.float32(1e-3),
+                progress=False)
     assert len(h) == 1
 
 
@@ -327,7 +343,7 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_last_good_one(digits, tm
             limits.enter_context(file_size_limit(64 * 1024))
 
     with limits, pytest.raises(RunWriteError) as err:
-        fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path,
             on_epoch_end=fill_the_disk_after, **kwargs)
     message = str(err.value)
     assert f"could not write the checkpoint of epoch 3 ({tmp_path / 'ckpt-3'})" in message
@@ -339,16 +355,16 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_last_good_one(digits, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "checkpoint", "ckpt-1.data-00000-of-00001", "ckpt-1.index",
         "ckpt-2.data-00000-of-00001", "ckpt-2.index", "fit.json", "history.json"]
-    resumed = fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path, resume=True,
+    resumed = run_fit(VAE(**SMALL), digits[:256], epochs=4, checkpoint_dir=tmp_path, resume=True,
                   **kwargs)
-    straight = fit(VAE(**SMALL), digits[:256], epochs=4, **kwargs)
+    straight = run_fit(VAE(**SMALL), digits[:256], epochs=4, **kwargs)
     for name in ("train_elbo", "test_elbo"):
         np.testing.assert_array_equal(resumed.column(name), straight.column(name))
 
 
 def test_a_full_disk_before_the_first_checkpoint(digits, tmp_path):
     with file_size_limit(64 * 1024), pytest.raises(RunWriteError) as err:
-        fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, checkpoint_dir=tmp_path,
             progress=False)
     assert "could not write the checkpoint of epoch 1" in str(err.value)
     assert "no epoch had been checkpointed yet" in str(err.value)
@@ -372,7 +388,7 @@ def test_a_history_that_cannot_be_written_stops_before_the_checkpoint(digits, tm
 
     monkeypatch.setattr(io_mod, "atomic_write_bytes", full_after_epoch_1)
     with pytest.raises(RunWriteError) as err:
-        fit(VAE(**SMALL), digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
+        run_fit(VAE(**SMALL), digits[:256], epochs=3, batch_size=64, checkpoint_dir=tmp_path,
             progress=False)
     assert str(err.value).startswith(f"could not write the training history "
                                      f"({tmp_path / 'history.json'}): No space left on device;")
@@ -413,7 +429,7 @@ SCHEDULES = [
 @pytest.mark.parametrize("options", SCHEDULES, ids=lambda o: "-".join(map(str, o.values())))
 def test_learning_rate_at_is_the_closed_form(options):
     epochs, steps, peak = 10, 7, 2e-3
-    schedule = training_schedule(epochs, peak, **options)
+    schedule = resolved_schedule(epochs, peak, **options)
     kind = options["lr_schedule"]
     final = schedule["final_learning_rate"]
     decay = schedule["lr_decay_epochs"]
@@ -433,10 +449,10 @@ def test_learning_rate_at_is_the_closed_form(options):
 
 
 def test_cosine_decays_to_zero_by_default_and_the_defaults_are_constant():
-    schedule = training_schedule(5, 1e-3, lr_schedule="cosine")
+    schedule = resolved_schedule(5, 1e-3, lr_schedule="cosine")
     assert schedule["final_learning_rate"] == 0.0 and schedule["lr_decay_epochs"] == 5.0
     assert float(learning_rate_at(5 * 4, 4, 1e-3, schedule)) == 0.0
-    assert training_schedule(5, 1e-3) == SCHEDULE_DEFAULTS
+    assert resolved_schedule(5, 1e-3) == SCHEDULE_DEFAULTS
     for t in (0, 1, 10**7):
         assert float(learning_rate_at(t, 4, 1e-3)) == np.float32(1e-3)
         assert float(kl_weight_at(t, 4)) == 1.0
@@ -445,7 +461,7 @@ def test_cosine_decays_to_zero_by_default_and_the_defaults_are_constant():
 @pytest.mark.parametrize("start", [0.0, 0.25])
 def test_kl_weight_rises_linearly_per_epoch(start):
     steps, epochs = 9, 4
-    schedule = training_schedule(10, 1e-3, kl_warmup_epochs=epochs, kl_warmup_start=start)
+    schedule = resolved_schedule(10, 1e-3, kl_warmup_epochs=epochs, kl_warmup_start=start)
     for epoch in range(8):  # beta at the first step of each epoch
         expected = min(1.0, start + (1 - start) * epoch / epochs)
         assert float(kl_weight_at(epoch * steps, steps, schedule)) == pytest.approx(expected,
@@ -470,7 +486,7 @@ def test_kl_weight_rises_linearly_per_epoch(start):
 ])
 def test_bad_schedules_are_refused(digits, tmp_path, options, match):
     with pytest.raises(ValueError, match=match):
-        fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, progress=False,
+        run_fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, progress=False,
             **options)
     assert not list(tmp_path.iterdir())
 
@@ -510,7 +526,7 @@ def test_the_loop_trains_with_the_scheduled_rate_and_kl_weight(digits):
     options = dict(lr_schedule="exponential", learning_rate=1e-2, final_learning_rate=1e-3,
                    lr_warmup_epochs=0.5, kl_warmup_epochs=1.5, kl_warmup_start=0.2)
     model = VAE(likelihood="bernoulli", seed=seed, **SMALL)
-    fit(model, digits[:128], epochs=epochs, batch_size=batch, seed=seed, progress=False,
+    run_fit(model, digits[:128], epochs=epochs, batch_size=batch, seed=seed, progress=False,
         jit_compile=False, **options)
     got = _weights(model)
 
@@ -546,7 +562,7 @@ def test_the_checkpointed_learning_rate_is_the_scheduled_one(digits, tmp_path):
                   checkpoint_dir=tmp_path)
     steps = 4  # 256 images of 64
     for epochs in (1, 2, 3):
-        fit(VAE(**SMALL), digits[:256], epochs=epochs, resume=epochs > 1, **kwargs)
+        run_fit(VAE(**SMALL), digits[:256], epochs=epochs, resume=epochs > 1, **kwargs)
         t = epochs * steps - 1
         assert tf.train.load_variable(
             str(tmp_path), "optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == t + 1
@@ -561,7 +577,7 @@ def test_with_kl_warmup_the_history_reports_the_true_elbo(digits):
     terms are the same whatever beta the objective used."""
     rows = []
     for options in ({}, dict(kl_warmup_epochs=3, kl_warmup_start=0.0)):
-        h = fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, learning_rate=1e-30,
+        h = run_fit(VAE(**SMALL), digits[:256], epochs=2, batch_size=64, learning_rate=1e-30,
                 seed=2, progress=False, x_test=digits[-64:], **options)
         rows.append(h)
     for name in ("train_elbo", "train_reconstruction", "train_kl", "test_elbo"):
@@ -578,7 +594,7 @@ def test_the_new_options_at_their_defaults_change_nothing(digits):
     runs = []
     for options in ({}, explicit):
         model = VAE(likelihood="bernoulli", **SMALL)
-        h = fit(model, digits[:256], epochs=2, batch_size=64, seed=1, x_test=digits[-64:],
+        h = run_fit(model, digits[:256], epochs=2, batch_size=64, seed=1, x_test=digits[-64:],
                 progress=False, **options)
         runs.append((h, _weights(model)))
     for name in ("train_elbo", "train_kl", "test_elbo"):
@@ -593,11 +609,11 @@ def test_resume_with_a_schedule_and_warmups_equals_uninterrupted(digits, tmp_pat
                    kl_warmup_start=0.1)
     kwargs = dict(batch_size=64, seed=3, x_test=digits[-128:], progress=False, **options)
     straight = VAE(likelihood="bernoulli", seed=3, **SMALL)
-    h_straight = fit(straight, digits[:512], epochs=4, checkpoint_dir=tmp_path / "a", **kwargs)
-    fit(VAE(likelihood="bernoulli", seed=3, **SMALL), digits[:512], epochs=2,
+    h_straight = run_fit(straight, digits[:512], epochs=4, checkpoint_dir=tmp_path / "a", **kwargs)
+    run_fit(VAE(likelihood="bernoulli", seed=3, **SMALL), digits[:512], epochs=2,
         checkpoint_dir=tmp_path / "b", **kwargs)
     resumed = VAE(likelihood="bernoulli", seed=3, **SMALL)
-    h_resumed = fit(resumed, digits[:512], epochs=4, checkpoint_dir=tmp_path / "b",
+    h_resumed = run_fit(resumed, digits[:512], epochs=4, checkpoint_dir=tmp_path / "b",
                     resume=True, **kwargs)
     for a, b in zip(_weights(straight), _weights(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -607,17 +623,17 @@ def test_resume_with_a_schedule_and_warmups_equals_uninterrupted(digits, tmp_pat
 
 def test_resume_with_another_schedule_is_refused(digits, tmp_path):
     kwargs = dict(batch_size=64, progress=False, checkpoint_dir=tmp_path)
-    fit(VAE(**SMALL), digits[:256], epochs=1, lr_schedule="cosine", kl_warmup_epochs=1,
+    run_fit(VAE(**SMALL), digits[:256], epochs=1, lr_schedule="cosine", kl_warmup_epochs=1,
         **kwargs)
     with pytest.raises(ValueError, match=r"different settings \(final_learning_rate, "
                                          r"kl_warmup_epochs, lr_decay_epochs, lr_schedule\);"):
-        fit(VAE(**SMALL), digits[:256], epochs=1, resume=True, **kwargs)
+        run_fit(VAE(**SMALL), digits[:256], epochs=1, resume=True, **kwargs)
     # the cosine decays over the epochs asked for: more epochs would change it
     with pytest.raises(ValueError, match=r"lr_decay_epochs\).*decays over 1 epochs"):
-        fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
+        run_fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
             kl_warmup_epochs=1, **kwargs)
     # with its horizon given, it trains on past it at the final rate
-    h = fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
+    h = run_fit(VAE(**SMALL), digits[:256], epochs=2, resume=True, lr_schedule="cosine",
             lr_decay_epochs=1, kl_warmup_epochs=1, **kwargs)
     assert len(h) == 2
 
@@ -625,35 +641,55 @@ def test_resume_with_another_schedule_is_refused(digits, tmp_path):
 def test_a_run_from_before_the_schedule_settings_resumes(digits, tmp_path, two_epoch_run):
     """Its fit.json lacks the schedule keys: it was trained without a schedule."""
     kwargs = dict(batch_size=64, seed=0, progress=False)
-    fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, **kwargs)
+    run_fit(VAE(**SMALL), digits[:256], epochs=1, checkpoint_dir=tmp_path, **kwargs)
     settings = io.read_json(tmp_path / "fit.json")
     assert {k: settings[k] for k in SCHEDULE_DEFAULTS} == SCHEDULE_DEFAULTS
     io.write_json(tmp_path / "fit.json",
                   {k: v for k, v in settings.items() if k not in SCHEDULE_DEFAULTS})
-    resumed = fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, resume=True,
+    resumed = run_fit(VAE(**SMALL), digits[:256], epochs=2, checkpoint_dir=tmp_path, resume=True,
                   **kwargs)
-    # the same training uninterrupted: fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
+    # the same training uninterrupted: run_fit(VAE(**SMALL), digits[:256], epochs=2, **kwargs)
     straight = two_epoch_run[1]
     np.testing.assert_array_equal(resumed.column("train_elbo"), straight.column("train_elbo"))
     with pytest.raises(ValueError, match="lr_schedule"):
-        fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
+        run_fit(VAE(**SMALL), digits[:256], epochs=3, checkpoint_dir=tmp_path, resume=True,
             lr_schedule="cosine", lr_decay_epochs=3, **kwargs)
 
 
 def test_xla_only_for_runs_long_enough_to_pay_for_its_compilation(digits, monkeypatch):
-    from vae_helpers import train
+    from vae_helpers.training import loop
 
     seen = []
-    original = train._Trainer
+    original = loop._Trainer
 
     def spy(*args, **kwargs):
         trainer = original(*args, **kwargs)
         seen.append(trainer.run_steps._jit_compile)
         return trainer
 
-    monkeypatch.setattr(train, "_Trainer", spy)
-    monkeypatch.setattr(train, "XLA_MIN_STEPS", 16)             # 1024 images: 8 steps an epoch
-    fit(VAE(**SMALL), digits[:1024], epochs=1, progress=False)
-    fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False)
-    fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False, jit_compile=False)
+    monkeypatch.setattr(loop, "_Trainer", spy)
+    monkeypatch.setattr(loop, "XLA_MIN_STEPS", 16)             # 1024 images: 8 steps an epoch
+    run_fit(VAE(**SMALL), digits[:1024], epochs=1, progress=False)
+    run_fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False)
+    run_fit(VAE(**SMALL), digits[:1024], epochs=2, progress=False, jit_compile=False)
     assert seen == [False, True, False]
+
+
+def test_settings_are_checked_when_made_frozen_and_name_their_flags():
+    from vae_helpers.__main__ import build_parser
+
+    settings = TrainingSettings(epochs=5, lr_schedule="cosine")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.epochs = 6
+    assert settings.replace(epochs=7).schedule["lr_decay_epochs"] == 7.0  # resolved anew
+    with pytest.raises(ValueError, match="epochs must be a positive integer"):
+        settings.replace(epochs=0)
+    commands = build_parser()._subparsers._group_actions[0].choices
+    options = {s for a in commands["train"]._actions for s in a.option_strings}
+    flags = {f.name: TrainingSettings.flag(f.name) for f in dataclasses.fields(TrainingSettings)}
+    assert {flag for flag in flags.values() if flag} <= options
+    assert flags["lr_schedule"] == "--lr-schedule" and flags["n_samples"] is None
+    assert (TrainingSettings.with_flags("final_learning_rate (0.1) must be at most learning_rate")
+            == "--final-learning-rate (0.1) must be at most --learning-rate")
+    with pytest.raises(TypeError, match="settings must be a TrainingSettings, got dict"):
+        training.fit(VAE(**SMALL), np.zeros((256, 784), np.uint8), {"epochs": 1})

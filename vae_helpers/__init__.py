@@ -1,9 +1,9 @@
 """vae_helpers: variational autoencoders on MNIST with TensorFlow Probability.
 
 Importing the package has no side effects: no seeding, no plotting state, and
-TensorFlow is loaded (quietly, see ``vae_helpers._tf``) only when a module that
+TensorFlow is loaded (quietly, see ``vae_helpers.backend``) only when a module that
 needs it is imported. Modules are imported explicitly, for example
-``from vae_helpers import model, train``.
+``from vae_helpers import model, training``.
 """
 
 __version__ = "0.1.0"

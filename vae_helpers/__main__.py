@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-import re
 import sys
 
 from vae_helpers.argtypes import (
@@ -36,16 +36,6 @@ def _fraction(text: str) -> float:
     if not 0 <= value <= 1:
         raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, got {text!r}")
     return value
-
-
-#: The train options that set the learning-rate schedule and the KL warm-up, by the
-#: name ``train.training_schedule`` gives them in its messages.
-_SCHEDULE_OPTIONS = {
-    "lr_schedule": "--lr-schedule", "lr_warmup_epochs": "--lr-warmup-epochs",
-    "final_learning_rate": "--final-learning-rate", "lr_decay_epochs": "--lr-decay-epochs",
-    "kl_warmup_epochs": "--kl-warmup-epochs", "kl_warmup_start": "--kl-warmup-start",
-    "learning_rate": "--learning-rate",
-}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -211,7 +201,7 @@ def _grading_commands(sub) -> None:
 
 def _train(args) -> int:
     from vae_helpers.runs import train_run
-    from vae_helpers.train import training_schedule
+    from vae_helpers.training.settings import TrainingSettings
 
     if args.covariance is not None and args.likelihood != "gaussian":
         raise ValueError(f"--covariance applies to the gaussian likelihood only, "
@@ -219,20 +209,16 @@ def _train(args) -> int:
     if args.prior_scale is not None and args.prior != "laplace":
         raise ValueError(f"--prior-scale applies to the laplace prior only, "
                          f"not to --prior {args.prior}")
-    schedule = {name: getattr(args, name) for name in _SCHEDULE_OPTIONS
-                if name != "learning_rate"}
-    try:  # checked here to name the command line's options in the message
-        training_schedule(args.epochs, args.learning_rate, **schedule)
+    flagged = [f.name for f in dataclasses.fields(TrainingSettings)
+               if TrainingSettings.flag(f.name)]
+    try:  # checked once, here, so that the message names the command line's options
+        settings = TrainingSettings(**{name: getattr(args, name) for name in flagged})
     except ValueError as err:
-        text = re.sub(r"\b(" + "|".join(_SCHEDULE_OPTIONS) + r")\b",
-                      lambda m: _SCHEDULE_OPTIONS[m.group(1)], str(err))
-        raise ValueError(text) from None
+        raise ValueError(TrainingSettings.with_flags(str(err))) from None
     metrics = train_run(
-        args.out, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, seed=args.seed, iwae_k=args.iwae_k,
-        n_train=args.n_train, n_test=args.n_test, data_path=args.data, resume=args.resume,
-        force=args.force, progress=not args.no_progress, command=args.command_line,
-        **schedule, latent_dim=args.latent_dim,
+        args.out, settings, iwae_k=args.iwae_k, n_train=args.n_train, n_test=args.n_test,
+        data_path=args.data, resume=args.resume, force=args.force,
+        progress=not args.no_progress, command=args.command_line, latent_dim=args.latent_dim,
         hidden_units=args.hidden_units, likelihood=args.likelihood, prior=args.prior,
         prior_scale=args.prior_scale or 1.0, posterior=args.posterior,
         **({"covariance": args.covariance or "scalar"} if args.likelihood == "gaussian" else {}),
@@ -252,7 +238,7 @@ def _train(args) -> int:
 
 
 def _pipeline(args) -> int:
-    from vae_helpers.pipeline import parse_parameter, run_pipeline
+    from vae_helpers.course.pipeline import parse_parameter, run_pipeline
 
     overrides = dict(parse_parameter(text) for text in args.parameter)
     run_pipeline(args.out, args.profile, overrides, force=args.force, resume=args.resume,
@@ -261,8 +247,8 @@ def _pipeline(args) -> int:
 
 
 def _publish(args) -> int:
-    from vae_helpers.notebook import display_path
-    from vae_helpers.pipeline import publish
+    from vae_helpers.course.notebook import display_path
+    from vae_helpers.course.pipeline import publish
 
     for path in publish(args.run):
         print(f"published {display_path(path)}")
@@ -270,7 +256,7 @@ def _publish(args) -> int:
 
 
 def _compare(args) -> int:
-    from vae_helpers.compare import compare_runs
+    from vae_helpers.grading.compare import compare_runs
 
     data = compare_runs(args.run_a, args.run_b, args.out, force=args.force)
     for row in data["metrics"]:
@@ -281,8 +267,8 @@ def _compare(args) -> int:
 
 
 def _grade(args) -> int:
-    from vae_helpers import rubric as rubric_lib
-    from vae_helpers import sandbox as sandbox_lib
+    from vae_helpers.grading import rubric as rubric_lib
+    from vae_helpers.grading import sandbox as sandbox_lib
 
     if (args.submission is None) == (args.batch is None):
         _usage_error("grade", "give either a SUBMISSION or --batch DIR")
@@ -290,7 +276,7 @@ def _grade(args) -> int:
         _usage_error("grade", "--jobs and --dask-scheduler go with --batch")
     rubric = rubric_lib.load(args.rubric)
     if args.batch is not None:
-        from vae_helpers.batch import grade_batch
+        from vae_helpers.grading.batch import grade_batch
 
         rows = grade_batch(args.batch, args.reference, args.out, rubric=rubric, data=args.data,
                            jobs=args.jobs or 1, scheduler=args.dask_scheduler,
@@ -300,7 +286,7 @@ def _grade(args) -> int:
               + (f", {counts['ERROR']} not graded" if counts["ERROR"] else "")
               + f"; summary in {args.out}/summary.html")
         return 1 if counts["ERROR"] else 0
-    from vae_helpers.grading import grade
+    from vae_helpers.grading.grader import grade
 
     box = sandbox_lib.probe(args.sandbox)
     if box.warning():
@@ -316,9 +302,9 @@ def _grade(args) -> int:
 
 
 def _student(args) -> int:
-    from vae_helpers.notebook import display_path
-    from vae_helpers.pipeline import notebook_dir
-    from vae_helpers.student import HOMEWORK, write_student_versions
+    from vae_helpers.course.notebook import display_path
+    from vae_helpers.course.pipeline import notebook_dir
+    from vae_helpers.course.student import HOMEWORK, write_student_versions
 
     notebooks = args.notebooks or [notebook_dir() / f"{name}.ipynb" for name in HOMEWORK]
     for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
@@ -337,7 +323,7 @@ def _resume_hint(args) -> str:
                                                "rest" if getattr(args, "batch", None) else ""))
     out = getattr(args, "out", None)
     if out:
-        from vae_helpers._tf import tf
+        from vae_helpers.backend import tf
 
         latest = tf.train.latest_checkpoint(f"{out}/checkpoint")
         if latest:
@@ -353,11 +339,11 @@ def main(argv=None) -> int:
                 "compare": _compare, "grade": _grade, "student": _student}
     if args.command in ("compare", "grade", "student"):  # no TensorFlow for these
         return _run_light(commands[args.command], args)
+    from vae_helpers.course.pipeline import PipelineError
     from vae_helpers.data import DataError
-    from vae_helpers.locks import RunLocked
-    from vae_helpers.pipeline import PipelineError
+    from vae_helpers.outdirs import RunLocked
     from vae_helpers.runs import RunError
-    from vae_helpers.train import CheckpointError, TrainingDiverged
+    from vae_helpers.training import CheckpointError, TrainingDiverged
 
     try:
         return commands[args.command](args)
@@ -372,12 +358,12 @@ def main(argv=None) -> int:
 
 def _run_light(command, args) -> int:
     """The grading commands, with their own errors as one line (they never import TF)."""
-    from vae_helpers.batch import BatchError
-    from vae_helpers.compare import CompareError
-    from vae_helpers.grading import GradingError
-    from vae_helpers.locks import RunLocked
-    from vae_helpers.pipeline import PipelineError
-    from vae_helpers.sandbox import SandboxError
+    from vae_helpers.course.pipeline import PipelineError
+    from vae_helpers.grading.batch import BatchError
+    from vae_helpers.grading.compare import CompareError
+    from vae_helpers.grading.grader import GradingError
+    from vae_helpers.grading.sandbox import SandboxError
+    from vae_helpers.outdirs import RunLocked
 
     try:
         return command(args)

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 from vae_helpers.seeding import SALT_TEST_BINARIZATION, stateless_seed
 
 ENV_VAR = "VAE_MNIST"

@@ -40,7 +40,7 @@ two ways, both here (``estimator``):
     epochs (exponentially, then constant): a biased but low-variance gradient.
 
 Whatever the training estimator, the ELBO this model reports (``elbo_terms``, so
-the test ELBO of ``train.fit`` and ``evaluate``) is the true ELBO of the discrete
+the test ELBO of ``training.fit`` and ``evaluate``) is the true ELBO of the discrete
 model: exact by enumeration when the code is small enough, else a Monte Carlo
 estimate with one-hot samples of q. For enumerable codes ``exact_log_likelihood``
 gives :math:`\log p(x) = \log \sum_z p(x \mid z)\, p(z)` itself. (The training
@@ -57,8 +57,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from vae_helpers import distributions as dist
-from vae_helpers._tf import tf, tfd
-from vae_helpers.model import INPUT_DIM, MLP, VAE, _as_units
+from vae_helpers.backend import tf, tfd
+from vae_helpers.model import INPUT_DIM, MLP, VAE, as_units
 from vae_helpers.seeding import SALT_INIT, stateless_seed
 
 #: Codes summed over by the exact estimator at most (K ** M).
@@ -144,7 +144,7 @@ class CategoricalVAE(VAE):
 
     The networks are the homework's (one hidden layer of 512 ReLU units by default,
     weights from N(0, init_stddev²), zero biases); only the code differs. It trains
-    with ``train.fit`` like ``VAE`` and is evaluated like it (``evaluate.evaluate``).
+    with ``training.fit`` like ``VAE`` and is evaluated like it (``evaluate.evaluate``).
 
     Args:
         num_variables: M, the number of categorical variables.
@@ -205,7 +205,7 @@ class CategoricalVAE(VAE):
             raise ValueError(f"anneal_epochs must be a positive number, got {anneal_epochs!r}")
         if not init_stddev > 0:
             raise ValueError(f"init_stddev must be positive, got {init_stddev!r}")
-        units = _as_units(hidden_units)
+        units = as_units(hidden_units)
         self.num_variables, self.num_classes = int(num_variables), int(num_classes)
         self.latent_dim = self.num_variables * self.num_classes  # the decoder's input width
         self.input_dim = int(input_dim)
@@ -286,7 +286,7 @@ class CategoricalVAE(VAE):
         return reconstruction - kl, reconstruction, kl
 
     def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
-        """What ``train.fit`` ascends: the exact ELBO, or the relaxed objective.
+        """What ``training.fit`` ascends: the exact ELBO, or the relaxed objective.
 
         ``epoch`` (training progress in epochs) sets the relaxed estimator's
         temperature; ``None`` means the start of training.

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import math
 
-from vae_helpers._tf import tf, tfd
+from vae_helpers.backend import tf, tfd
 
 #: Variance of U(0, 1/256): the dequantization noise inside one intensity bin.
 MIN_VARIANCE = 1.0 / (12.0 * 256.0**2)

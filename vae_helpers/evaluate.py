@@ -67,7 +67,7 @@ import numpy as np
 
 from vae_helpers import data as data_lib
 from vae_helpers import distributions as dist
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 from vae_helpers.model import Dense
 from vae_helpers.progress import progress_bar
 from vae_helpers.seeding import SALT_EVAL, stateless_seed

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vae_helpers import distributions as dist
-from vae_helpers._tf import tf, tfd
+from vae_helpers.backend import tf, tfd
 from vae_helpers.seeding import SALT_INIT, stateless_seed
 
 INPUT_DIM = 784
@@ -73,29 +73,13 @@ class MLP(tf.Module):
         return x
 
 
-def _as_units(hidden_units) -> tuple[int, ...]:
+def as_units(hidden_units) -> tuple[int, ...]:
+    """``hidden_units``, one width or a sequence of widths, as a tuple of positive ints."""
     units = (hidden_units,) if isinstance(hidden_units, (int, np.integer)) else hidden_units
     units = tuple(int(u) for u in units)
     if any(u < 1 for u in units):
         raise ValueError(f"hidden_units must be positive integers, got {hidden_units!r}")
     return units
-
-
-def build_model(latent_type: str = "continuous", **options) -> VAE:
-    """The model a ``config`` describes: ``build_model(**model.config)`` rebuilds it.
-
-    Args:
-        latent_type: ``"continuous"`` (``VAE``, the default) or ``"categorical"``
-            (``vae_helpers.discrete.CategoricalVAE``).
-        **options: the constructor arguments of that class.
-    """
-    if latent_type == "continuous":
-        return VAE(**options)
-    if latent_type == "categorical":
-        from vae_helpers.discrete import CategoricalVAE
-
-        return CategoricalVAE(**options)
-    raise ValueError(f"unknown latent_type {latent_type!r}; choose continuous or categorical")
 
 
 class VAE(tf.Module):
@@ -142,7 +126,7 @@ class VAE(tf.Module):
             raise ValueError(f"latent_dim must be a positive integer, got {latent_dim!r}")
         if not init_stddev > 0:
             raise ValueError(f"init_stddev must be positive, got {init_stddev!r}")
-        units = _as_units(hidden_units)
+        units = as_units(hidden_units)
         self.latent_dim = int(latent_dim)
         self.input_dim = int(input_dim)
         self.hidden_units = units
@@ -205,7 +189,7 @@ class VAE(tf.Module):
         return reconstruction - kl, reconstruction, kl
 
     def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
-        """The terms ``(objective, reconstruction, kl)`` that ``train.fit`` ascends.
+        """The terms ``(objective, reconstruction, kl)`` that ``training.fit`` ascends.
 
         For this model they are ``elbo_terms``: the training objective is the
         ELBO itself. ``epoch`` (the training progress in epochs, a float tensor) is

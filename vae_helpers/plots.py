@@ -130,7 +130,7 @@ def prior_quantile_grid(prior, n: int = 20, tail: float | None = None):
         n: values per axis.
         tail: if given, the quantiles run evenly from ``tail`` to ``1 - tail``.
     """
-    from vae_helpers._tf import tfd
+    from vae_helpers.backend import tfd
 
     if tail is None:
         probs = (np.arange(n) + 0.5) / n
@@ -216,7 +216,7 @@ def plot_learning_curves(history, title: str | None = None):
     """Train and test ELBO, reconstruction and KL per epoch (three panels).
 
     Args:
-        history: a ``train.History``, or its rows (dicts with ``epoch``, ``train_elbo``,
+        history: a ``training.History``, or its rows (dicts with ``epoch``, ``train_elbo``,
             ``test_elbo``, ``train_reconstruction``, ... as in ``history.csv``).
     """
     rows = getattr(history, "rows", history)

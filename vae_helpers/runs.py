@@ -17,7 +17,7 @@ A run directory holds
 
 Stages hand results to each other through this directory only.
 
-Faults. A run holds the directory's lock (``locks.run_lock``) from start to end,
+Faults. A run holds the directory's lock (``outdirs.run_lock``) from start to end,
 so a second run into the same directory is refused at once and touches nothing.
 Every file is written whole or not at all, and a checkpoint becomes the latest
 only once it is complete: a run killed at any moment (even by SIGKILL) continues
@@ -30,8 +30,8 @@ good checkpoint, which is left intact.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -41,25 +41,42 @@ import numpy as np
 import vae_helpers
 from vae_helpers import data as data_lib
 from vae_helpers import io
-from vae_helpers._tf import tf, tfp
+from vae_helpers.backend import tf, tfp
+from vae_helpers.discrete import CategoricalVAE
 from vae_helpers.evaluate import TEST_SEED, evaluate
-from vae_helpers.locks import run_lock
-from vae_helpers.model import VAE, build_model
+from vae_helpers.model import VAE
+from vae_helpers.outdirs import claim, run_lock
 from vae_helpers.seeding import set_seed
-from vae_helpers.train import (
-    check_resume,
+from vae_helpers.training.checkpoints import (
+    Checkpoints,
     completed_epochs,
-    fit,
-    fit_settings,
-    training_schedule,
+    run_identity,
     write_failure,
 )
+from vae_helpers.training.loop import fit
+from vae_helpers.training.settings import TrainingSettings
 
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "checkpoint")
+SETTINGS_FIELDS = tuple(f.name for f in dataclasses.fields(TrainingSettings))
 
 
 class RunError(RuntimeError):
     """A run directory is missing, incomplete, or would be overwritten."""
+
+
+def build_model(latent_type: str = "continuous", **options) -> VAE | CategoricalVAE:
+    """The model a ``config`` describes: ``build_model(**model.config)`` rebuilds it.
+
+    Args:
+        latent_type: ``"continuous"`` (``model.VAE``, the default) or ``"categorical"``
+            (``discrete.CategoricalVAE``).
+        **options: the constructor arguments of that class.
+    """
+    if latent_type == "continuous":
+        return VAE(**options)
+    if latent_type == "categorical":
+        return CategoricalVAE(**options)
+    raise ValueError(f"unknown latent_type {latent_type!r}; choose continuous or categorical")
 
 
 def library_versions() -> dict:
@@ -69,7 +86,8 @@ def library_versions() -> dict:
 
 
 def _claim(out: Path, resume: bool, force: bool) -> None:
-    """Make sure writing into ``out`` loses nothing the user did not ask to lose.
+    """Make sure writing into ``out`` loses nothing the user did not ask to lose
+    (``outdirs.claim``, with the lock of ``out`` held).
 
     A run counts once it has a checkpoint or its metrics; files left by a start
     that never completed an epoch are replaced without asking.
@@ -78,32 +96,25 @@ def _claim(out: Path, resume: bool, force: bool) -> None:
         raise RunError(f"{out} exists and is not a directory; choose another --out")
     done = completed_epochs(out / "checkpoint") if (out / "checkpoint").is_dir() else 0
     has_run = done > 0 or (out / "metrics.json").exists()
-    if resume and done:
-        return
-    if resume and has_run:
+    if resume and has_run and not done:
         raise RunError(f"{out} has no checkpoint to resume from; start it without --resume")
-    if has_run and not force:
-        present = ", ".join(name for name in RUN_FILES if (out / name).exists())
-        raise RunError(f"{out} already holds a run ({present}); pass --resume to "
-                       "continue it, --force to replace it, or choose another --out")
-    leftovers = [name for name in RUN_FILES if (out / name).exists()]
-    if resume and leftovers:
+    present = [out / name for name in RUN_FILES if (out / name).exists()]
+    if resume and not done and present:
         print(f"note: {out} holds no completed epoch to resume; starting a new run",
               file=sys.stderr)
-    for name in RUN_FILES:
-        path = out / name
-        try:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-        except OSError as err:
-            raise RunError(f"cannot replace {path}: {err.strerror or err}") from err
+    names = ", ".join(path.name for path in present)
+    try:
+        claim(out, force=force, keep=resume and done > 0, blocking=present if has_run else [],
+              replace=present, refuse=RunError(
+                  f"{out} already holds a run ({names}); pass --resume to continue it, "
+                  "--force to replace it, or choose another --out"))
+    except OSError as err:
+        raise RunError(f"cannot replace {err.filename}: {err.strerror or err}") from err
 
 
 @contextlib.contextmanager
 def _locked(out: Path):
-    """``locks.run_lock(out)``; failing to create its lock file is a ``RunWriteError``."""
+    """``outdirs.run_lock(out)``; failing to create its lock file is a ``RunWriteError``."""
     acquired = False
     try:
         with run_lock(out):
@@ -126,33 +137,17 @@ def _write(writer, path: Path, content, what: str, out: Path) -> None:
         raise write_failure(what, path, err, out / "checkpoint") from err
 
 
-def train_run(
-    out,
-    epochs: int = 100,
-    batch_size: int = 128,
-    learning_rate: float = 1e-3,
-    seed: int = 0,
-    iwae_k: int = 5000,
-    n_train: int | None = None,
-    n_test: int | None = None,
-    data_path=None,
-    resume: bool = False,
-    force: bool = False,
-    progress: bool = True,
-    command: str | None = None,
-    lr_schedule: str = "constant",
-    lr_warmup_epochs: float = 0.0,
-    final_learning_rate: float | None = None,
-    lr_decay_epochs: float | None = None,
-    kl_warmup_epochs: float = 0.0,
-    kl_warmup_start: float = 0.0,
-    **model_options,
-) -> dict:
+def train_run(out, settings: TrainingSettings | None = None, *, iwae_k: int = 5000,
+              n_train: int | None = None, n_test: int | None = None, data_path=None,
+              resume: bool = False, force: bool = False, progress: bool = True,
+              command: str | None = None, **options) -> dict:
     """Train a VAE on MNIST and write a complete run directory.
 
     Args:
         out: the run directory (created if missing).
-        epochs, batch_size, learning_rate, seed: as in ``train.fit``.
+        settings: how to train, a ``TrainingSettings`` (default: the homework's, 100
+            epochs). Its fields may instead be given as keywords (``epochs=5,
+            learning_rate=0.001, ...``), as the notebooks do; not both.
         iwae_k: importance samples for the test log-likelihood (0 skips it).
         n_train, n_test: use only the first images of each set (quick runs).
         data_path: MNIST .npz; default: ``data.load_mnist``'s search order.
@@ -162,13 +157,9 @@ def train_run(
         force: replace a run already in ``out``.
         progress: progress bars.
         command: the command line to record in ``metrics.json``.
-        lr_schedule, lr_warmup_epochs, final_learning_rate, lr_decay_epochs,
-        kl_warmup_epochs, kl_warmup_start: the learning-rate schedule and the KL
-            warm-up, as in ``train.fit`` (default: neither); recorded, resolved, in
-            ``config.json``'s ``training``.
-        **model_options: ``model.build_model`` arguments: ``latent_type``
-            (``"continuous"`` or ``"categorical"``) and the model's own (``latent_dim``,
-            ``hidden_units``, ``prior``, ``posterior``, ``prior_scale``,
+        **options: fields of ``TrainingSettings``, and ``build_model`` arguments:
+            ``latent_type`` (``"continuous"`` or ``"categorical"``) and the model's own
+            (``latent_dim``, ``hidden_units``, ``prior``, ``posterior``, ``prior_scale``,
             ``likelihood``, ``covariance``, ...).
 
     Returns:
@@ -180,43 +171,47 @@ def train_run(
             it is not a directory.
         RunWriteError: a file could not be written (disk full, not writable); the
             message names it and the last good checkpoint, which is left intact.
-        TrainingDiverged, CheckpointError, ValueError: as in ``train.fit``.
+        TrainingDiverged, CheckpointError, ValueError: as in ``training.fit``.
     """
+    keywords = {name: options.pop(name) for name in SETTINGS_FIELDS if name in options}
+    if settings is None:
+        settings = TrainingSettings(**keywords)
+    elif keywords:
+        raise TypeError(f"train_run got settings and {', '.join(keywords)} as well: give the "
+                        "training settings one way")
     out = Path(out)
     started = time.perf_counter()
-    set_seed(seed)  # a command may seed the process; training itself uses stateless seeds
+    set_seed(settings.seed)  # a command may seed the process; training uses stateless seeds
     source, rule = data_lib.locate_mnist(data_path)
     (x_train, _), (x_test, _) = data_lib.load_mnist(data_path)
     x_train = x_train[:n_train] if n_train else x_train
     x_test = x_test[:n_test] if n_test else x_test
-    model = build_model(seed=seed, **model_options)
+    model = build_model(seed=settings.seed, **options)
     variant = model.likelihood.data_variant
     # Everything that could refuse the run is checked before any file is touched.
-    if len(x_train) < batch_size:
-        raise ValueError(f"--batch-size {batch_size} is larger than the training set "
+    if len(x_train) < settings.batch_size:
+        raise ValueError(f"--batch-size {settings.batch_size} is larger than the training set "
                          f"({len(x_train)} images)")
-    schedule = training_schedule(epochs, learning_rate, lr_schedule, lr_warmup_epochs,
-                                 final_learning_rate, lr_decay_epochs, kl_warmup_epochs,
-                                 kl_warmup_start)
-    settings = fit_settings(model, x_train, batch_size, learning_rate, seed, schedule=schedule)
+    checkpoints = Checkpoints(out / "checkpoint", run_identity(model, x_train, settings),
+                              settings.epochs, resume, lock=False)  # the run's lock covers it
     if out.exists() and not out.is_dir():
         raise RunError(f"{out} exists and is not a directory; choose another --out")
     with _locked(out):  # held to the end: a second run into `out` is refused at once
         _claim(out, resume, force)
         if resume:
-            done = check_resume(out / "checkpoint", settings, epochs)
-            finished = (_finished_metrics(out, epochs, iwae_k, len(x_test))
-                        if done == epochs else None)
+            done = checkpoints.check()
+            finished = (_finished_metrics(out, settings.epochs, iwae_k, len(x_test))
+                        if done == settings.epochs else None)
             if finished is not None:
-                print(f"{out.name}: the run is already complete ({epochs} epochs, "
+                print(f"{out.name}: the run is already complete ({settings.epochs} epochs, "
                       f"IWAE k={iwae_k}); its stored metrics are returned", file=sys.stderr)
                 return finished
         config = {
             "model": model.config,
-            "training": {"epochs": epochs, "batch_size": batch_size,
-                         "learning_rate": learning_rate, "seed": seed, "optimizer": "adam",
-                         "n_train": int(len(x_train)), "n_test": int(len(x_test)),
-                         "iwae_k": iwae_k, **schedule},
+            "training": {"epochs": settings.epochs, "batch_size": settings.batch_size,
+                         "learning_rate": settings.learning_rate, "seed": settings.seed,
+                         "optimizer": "adam", "n_train": int(len(x_train)),
+                         "n_test": int(len(x_test)), "iwae_k": iwae_k, **settings.schedule},
             "data": {"variant": variant, "test_transform_seed": TEST_SEED,
                      "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
                      "source": str(source) if source is not None else rule, "found_by": rule},
@@ -224,12 +219,10 @@ def train_run(
         }
         # on resume: states the new epoch total
         _write(io.write_json, out / "config.json", config, "the run's configuration", out)
-        history = fit(model, x_train, epochs=epochs, batch_size=batch_size,
-                      learning_rate=learning_rate, seed=seed, x_test=x_test,
-                      checkpoint_dir=out / "checkpoint", resume=resume, progress=progress,
-                      **schedule)
+        history = fit(model, x_train, settings, x_test=x_test, checkpoint_dir=checkpoints,
+                      progress=progress)
         _write(io.write_csv, out / "history.csv", history.rows, "the training history", out)
-        metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
+        metrics = evaluate(model, x_test, k=iwae_k, seed=settings.seed, progress=progress)
         metrics.update(
             data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
             epochs=len(history), num_parameters=model.num_parameters,

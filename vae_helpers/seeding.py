@@ -18,7 +18,7 @@ import random
 
 import numpy as np
 
-from vae_helpers._tf import tf
+from vae_helpers.backend import tf
 
 # Salts that separate the purposes of random draws made from one user seed.
 SALT_INIT = 1

@@ -1,13 +1,13 @@
 """One notebook executed with papermill in a child process, within limits.
 
-``run_notebook`` starts ``python -m vae_helpers.execution JOB`` (optionally behind
+``run_notebook`` starts ``python -m vae_helpers.course.execution JOB`` (optionally behind
 a wrapper command such as a ``bwrap`` sandbox), which runs papermill on the
 project's ``python3`` kernel and writes a small result file. The parent waits,
 and enforces what the child cannot be trusted to enforce on itself:
 
 * a wall-clock time limit: the child's whole process tree is killed when it is
   exceeded (papermill's per-cell timeout is set to the same value);
-* a memory cap and a disk cap: ``vae_helpers.watchdog`` samples the resident
+* a memory cap and a disk cap: ``vae_helpers.course.watchdog`` samples the resident
   memory of the process tree and the size of the working directory, and kills
   the tree when either goes over its cap;
 * bounded logs: with a ``log`` file, the child's stdout and stderr (and so the
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vae_helpers import io
-from vae_helpers.watchdog import MAX_FILES, Watchdog, kill_tree
+from vae_helpers.course.watchdog import MAX_FILES, Watchdog, kill_tree
 
 KERNEL = "python3"
 TRUNCATED_NOTE = "[output truncated: the notebook's outputs reached {limit}; the rest is dropped]"
@@ -125,7 +125,7 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
     piped = log is not None
     started = time.perf_counter()
     child = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "vae_helpers.execution", json.dumps(job)],
+        [*wrapper, sys.executable, "-m", "vae_helpers.course.execution", json.dumps(job)],
         env=env, start_new_session=True, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None)
     drain = None

@@ -12,7 +12,7 @@ which writes into ``DIR``
 ``report.json``
     the same comparison as data (without the images).
 
-A run is a directory holding ``records.json`` (``vae_helpers.record``), such as
+A run is a directory holding ``records.json`` (``vae_helpers.course.record``), such as
 ``runs/homework``, or the output directory of a grade. The grader uses
 ``comparison`` and ``learning_curves`` for its reports.
 """
@@ -23,8 +23,10 @@ import io as _io
 import shutil
 from pathlib import Path
 
-from vae_helpers import io, record, recorded
-from vae_helpers.recorded import FILE_PROBLEM, Records
+from vae_helpers import io
+from vae_helpers.course import record
+from vae_helpers.grading import recorded
+from vae_helpers.grading.recorded import FILE_PROBLEM, Records
 
 KIND_ORDER = ("metric", "spec", "figure", "history", "array")
 
@@ -113,7 +115,7 @@ def learning_curves(history_a, history_b, label_a: str, label_b: str) -> bytes |
 def shown_path(path) -> str:
     """``path`` as a report shows it: relative to the working directory when inside it,
     else as ``notebook.display_path`` does (relative to the checkout, or absolute)."""
-    from vae_helpers.notebook import display_path
+    from vae_helpers.course.notebook import display_path
 
     resolved, here = Path(path).resolve(), Path.cwd().resolve()
     if resolved.is_relative_to(here) and resolved != here:
@@ -133,7 +135,7 @@ def load_run(path) -> Records:
     found = recorded.load(recorded.find(path))
     if FILE_PROBLEM in found.problems:
         raise CompareError(f"{path}: {found.problems[FILE_PROBLEM]} (run its notebooks, which "
-                           "record their results with vae_helpers.record)")
+                           "record their results with vae_helpers.course.record)")
     return found
 
 
@@ -160,7 +162,7 @@ def compare_runs(run_a, run_b, out, force: bool = False) -> dict:
     Raises:
         CompareError: a run without records, or ``out`` holds files and not ``force``.
     """
-    from vae_helpers import report
+    from vae_helpers.grading import report
 
     a, b = load_run(run_a), load_run(run_b)
     labels = (shown_path(run_a), shown_path(run_b))

@@ -11,7 +11,7 @@ import base64
 import html
 import math
 
-from vae_helpers.recorded import FILE_PROBLEM, Records
+from vae_helpers.grading.recorded import FILE_PROBLEM, Records
 
 CSS = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1f2933;

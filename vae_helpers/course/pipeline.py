@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import ast
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_helpers import execution, io
-from vae_helpers.locks import LOCK_NAME, run_lock
+from vae_helpers import io
+from vae_helpers.course import execution
+from vae_helpers.outdirs import claim, run_lock
 
 STAGES = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
 KERNEL = execution.KERNEL
@@ -66,7 +66,7 @@ class PipelineError(RuntimeError):
 
 def notebook_dir() -> Path:
     """The ``notebooks/`` folder of the checkout the package is installed from."""
-    folder = Path(__file__).resolve().parent.parent / "notebooks"
+    folder = Path(__file__).resolve().parents[2] / "notebooks"
     if not (folder / f"{STAGES[0]}.ipynb").is_file():
         raise PipelineError(f"the course notebooks are not in {folder}: the pipeline runs "
                             "from a checkout of the repository installed with `pip install -e .`")
@@ -146,7 +146,7 @@ def _run_dir_value(out: Path) -> str:
     """The run directory as the notebooks should see it: relative to the project's
     checkout when inside it (``notebook.resolve_run_dir`` resolves it back), so
     executed notebooks carry no machine-specific path; absolute otherwise."""
-    from vae_helpers.notebook import project_root
+    from vae_helpers.course.notebook import project_root
 
     out = out.resolve()
     root = project_root(Path(__file__).resolve().parent)
@@ -175,7 +175,7 @@ def run_pipeline(out, profile: str = "smoke", parameters: dict | None = None,
     Raises:
         PipelineError: ``out`` holds something and neither ``force`` nor ``resume``
             was given, or a stage failed (the message names the notebook and the cell).
-        locks.RunLocked: another pipeline is running in ``out``.
+        outdirs.RunLocked: another pipeline is running in ``out``.
     """
     if force and resume:
         raise PipelineError("--force and --resume contradict each other; choose one")
@@ -235,7 +235,6 @@ def _claim(out: Path, profile: str, steps, force: bool, resume: bool) -> dict:
                                                 "seconds": None, "error": None}
                                             for s, p in steps},
              "versions": _versions()}
-    contents = [p for p in out.iterdir() if p.name != LOCK_NAME]
     if resume:
         if not (out / STATE_FILE).exists():
             raise PipelineError(f"{out} holds no pipeline run to resume; start it without "
@@ -253,14 +252,9 @@ def _claim(out: Path, profile: str, steps, force: bool, resume: bool) -> dict:
             fresh["stages"][stage].update(status=kept.get("status", "pending"),
                                           seconds=kept.get("seconds"))
         return fresh
-    if contents and not force:
-        raise PipelineError(f"{out} already holds files; pass --resume to continue the run in "
-                            "it, --force to replace it, or choose another --out")
-    for path in contents:  # the directory itself stays: it holds the lock
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+    claim(out, force=force, refuse=PipelineError(
+        f"{out} already holds files; pass --resume to continue the run in it, --force to "
+        "replace it, or choose another --out"))
     return fresh
 
 

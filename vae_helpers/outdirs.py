@@ -1,15 +1,19 @@
-"""One process at a time in a run directory: an exclusive lock held for a whole run.
+"""Output directories: one process at a time in each, and one rule for what they hold.
 
-``run_lock(path)`` is a context manager. It creates ``path`` if needed, then takes
-an exclusive ``fcntl.flock`` on the file ``path/.vae_helpers.lock`` and writes the
-holder's pid, host and start time into it; leaving the ``with`` block removes
-the file and releases the lock. A second process that asks for the same
-directory gets ``RunLocked`` at once (it never waits and never touches another
-file there). The operating system releases a lock when its process dies, even
-by SIGKILL, so a killed run never leaves a stale lock: at most a stale lock
-*file*, which the next run simply takes over.
+Every command that writes a directory (a training run, the pipeline, a grade, a batch of
+grades) holds its lock from start to end, and asks ``claim`` whether what is there may
+be replaced.
 
-    from vae_helpers.locks import RunLocked, run_lock
+The lock. ``run_lock(path)`` is a context manager. It creates ``path`` if needed, then
+takes an exclusive ``fcntl.flock`` on the file ``path/.vae_helpers.lock`` and writes the
+holder's pid, host and start time into it; leaving the ``with`` block removes the file
+and releases the lock. A second process that asks for the same directory gets
+``RunLocked`` at once (it never waits and never touches another file there). The
+operating system releases a lock when its process dies, even by SIGKILL, so a killed
+run never leaves a stale lock: at most a stale lock *file*, which the next run simply
+takes over.
+
+    from vae_helpers.outdirs import RunLocked, run_lock
 
     with run_lock("runs/homework"):
         ...  # nothing else can run in runs/homework meanwhile
@@ -17,6 +21,12 @@ by SIGKILL, so a killed run never leaves a stale lock: at most a stale lock
 Within one process the lock is re-entrant: a function that takes the lock of a
 directory it is already working in does not refuse itself. It needs a local
 file system that supports ``flock`` (not every network file system does).
+
+The rule. ``claim(out, force=..., keep=..., refuse=...)``, called with the lock held:
+what ``out`` holds is kept when the command continues it (``keep``: ``--resume``, a
+batch started again), refused (``refuse`` is raised) unless ``force`` is given, and
+replaced (removed; links are removed, never followed) with ``force``. Nothing else in
+the package removes what an output directory holds.
 """
 
 from __future__ import annotations
@@ -26,6 +36,7 @@ import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -161,3 +172,37 @@ def run_lock(path) -> Iterator[Path]:
         if created:
             with contextlib.suppress(OSError):
                 directory.rmdir()  # only if empty: a start that wrote nothing leaves nothing
+
+
+def claim(out, *, force: bool, refuse: Exception, keep: bool = False, blocking=None,
+          replace=None) -> None:
+    """May what ``out`` holds be replaced? Call it with ``run_lock(out)`` held.
+
+    Args:
+        out: the directory (it exists: the lock made it).
+        force: replace what blocks.
+        refuse: the error to raise when something blocks and ``force`` is not given (its
+            message says what is there and which option to pass).
+        keep: the command continues what is there: nothing is checked or removed.
+        blocking: the paths that count as an earlier result (default: everything in
+            ``out`` but the lock file); nothing blocking means nothing to refuse.
+        replace: the paths removed when the claim is granted (default: ``blocking``).
+
+    Raises:
+        ``refuse``; OSError: a path could not be removed (``filename`` is that path).
+    """
+    out = Path(out)
+    if keep:
+        return
+    contents = [p for p in sorted(out.iterdir()) if p.name != LOCK_NAME]
+    blocking = contents if blocking is None else list(blocking)
+    if blocking and not force:
+        raise refuse
+    for path in blocking if replace is None else replace:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        except OSError as err:
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from err

@@ -14,7 +14,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_helpers import record
+from vae_helpers.course import record
 
 DEFAULT = Path(__file__).with_name("rubric.toml")
 TABLES = {"records", "grids", "spec", "metrics", "checks", "parameters", "parameters_none",

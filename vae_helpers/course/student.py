@@ -87,7 +87,7 @@ def solution_regions(source: str) -> list[str]:
 
 def student_notebook(nb, name: str = "notebook") -> tuple:
     """The student version of a notebook node (changed in place) and its number of stubs."""
-    from vae_helpers.pipeline import clean_notebook
+    from vae_helpers.course.pipeline import clean_notebook
 
     count = 0
     for index, cell in enumerate(nb.cells):

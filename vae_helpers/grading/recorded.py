@@ -1,7 +1,7 @@
 """The records of a run directory, read back and checked as untrusted input.
 
 ``load(directory)`` reads ``records.json`` and the files beside it (written by
-``vae_helpers.record``, or by anything else: a graded notebook may write the
+``vae_helpers.course.record``, or by anything else: a graded notebook may write the
 file directly) and returns a ``Records``: the records that are valid, and for
 each one that is not a one-line reason. Every rule of ``record`` is applied
 again, and the reading itself is guarded: files are read only if they are
@@ -19,8 +19,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vae_helpers import record
-from vae_helpers.record import RecordError
+from vae_helpers.course import record
+from vae_helpers.course.record import RecordError
 
 MAX_TOTAL_BYTES = 32 * 2**20
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -17,7 +17,7 @@ notebooks (one at a time) add to the same file, and recording a name again
 replaces it.
 
 Values are checked when they are recorded (``RecordError`` says what is wrong),
-and again by ``vae_helpers.recorded.load`` when the file is read, since a
+and again by ``vae_helpers.grading.recorded.load`` when the file is read, since a
 notebook can also write the file directly: names are ``[a-z0-9_]``, at most 64
 characters; numbers are finite; arrays are numeric, at most ``MAX_ARRAY_BYTES``;
 figures are PNGs of at most ``MAX_FIGURE_BYTES``; at most ``MAX_RECORDS`` records.
@@ -176,7 +176,7 @@ def spec_of(model) -> dict:
 
 
 def history(rows, name: str = HISTORY_NAME) -> None:
-    """Record a training history: a ``train.History`` or its rows (dicts with ``epoch``
+    """Record a training history: a ``training.History`` or its rows (dicts with ``epoch``
     and numbers such as ``train_elbo`` and ``test_elbo``, as in ``history.csv``)."""
     rows = check_history(name, list(getattr(rows, "rows", rows)))
     _store(name, {"kind": "history", "rows": rows})

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from vae_helpers import record
-from vae_helpers.recorded import FILE_PROBLEM, Records
-from vae_helpers.rubric import Rubric
+from vae_helpers.course import record
+from vae_helpers.grading.recorded import FILE_PROBLEM, Records
+from vae_helpers.grading.rubric import Rubric
 
 TILE = 28
 MAX_GAP = 4

@@ -7,14 +7,14 @@ in name order in one working copy, sharing one run directory. ``grade``
 1. copies the submission into ``DIR/work/`` (at most the rubric's
    ``submission_mb``);
 2. runs each notebook there with papermill, in a child process inside the
-   sandbox (``vae_helpers.sandbox``), with the rubric's parameters (those the
+   sandbox (``vae_helpers.grading.sandbox``), with the rubric's parameters (those the
    notebook declares), ``run_dir`` and ``$VAE_RECORD_DIR`` pointing at
    ``DIR/work/run``, ``$VAE_MNIST`` at the data, and the rubric's limits: time per
    notebook, memory, disk, outputs, file size. A cell that raises is reported and
    the cells after it still run; a notebook that is stopped (time, memory, disk)
    stops the submission;
-3. reads the records back as untrusted input (``vae_helpers.recorded``) and runs
-   the checks (``vae_helpers.checks``) against the rubric and the reference run;
+3. reads the records back as untrusted input (``vae_helpers.grading.recorded``) and runs
+   the checks (``vae_helpers.grading.checks``) against the rubric and the reference run;
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
    256 KB of what the processes printed), ``DIR/report.html`` (the comparison
    with the reference and the checks) and, last, ``DIR/grade.json``: the checks,
@@ -38,13 +38,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from vae_helpers import checks as checks_lib
-from vae_helpers import execution, io, recorded, report
-from vae_helpers import rubric as rubric_lib
-from vae_helpers import sandbox as sandbox_lib
-from vae_helpers.compare import comparison, learning_curves, shown_path
-from vae_helpers.execution import first_line
-from vae_helpers.locks import LOCK_NAME, run_lock
+from vae_helpers import io
+from vae_helpers.course import execution
+from vae_helpers.course.execution import first_line
+from vae_helpers.grading import checks as checks_lib
+from vae_helpers.grading import recorded, report
+from vae_helpers.grading import rubric as rubric_lib
+from vae_helpers.grading import sandbox as sandbox_lib
+from vae_helpers.grading.compare import comparison, learning_curves, shown_path
+from vae_helpers.outdirs import claim, run_lock
 
 FORMAT = "vae_helpers.grade/1"
 GRADE_FILE = "grade.json"
@@ -128,7 +130,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
 
     Raises:
         GradingError: the reference, the data or the output directory cannot be used.
-        locks.RunLocked: another grader works in ``out``.
+        outdirs.RunLocked: another grader works in ``out``.
     """
     given = Path(out)  # as the user wrote it, for messages
     submission, out = Path(submission).absolute(), given.absolute()
@@ -144,7 +146,9 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
     name = name or submission.stem
     log = log or (lambda _: None)
     with run_lock(out):
-        _claim(out, force, given)
+        claim(out, force=force, refuse=GradingError(
+            f"{given} already holds files; pass --force to replace them, or choose another "
+            "--out"))
         started, started_at = time.perf_counter(), datetime.now(UTC)
         digest = submission_hash(submission)  # of what is graded, before it is copied
         work, results, problems = out / "work", [], []
@@ -296,19 +300,6 @@ def _copy(submission: Path, work: Path, limit_mb: float) -> str | None:
         return f"the submission has {size / 2**20:.1f} MB, more than the {limit_mb:g} allowed"
     shutil.copytree(submission, work, symlinks=True, ignore=shutil.ignore_patterns(*SKIP))
     return None
-
-
-def _claim(out: Path, force: bool, given: Path) -> None:
-    """Called with the lock of ``out`` held: refuse to overwrite, or clear with ``force``."""
-    contents = [p for p in out.iterdir() if p.name != LOCK_NAME]
-    if contents and not force:
-        raise GradingError(f"{given} already holds files; pass --force to replace them, or "
-                           "choose another --out")
-    for path in contents:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
 
 
 def _refuse_overlap(out: Path, submission: Path, reference: Path) -> None:

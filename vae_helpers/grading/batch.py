@@ -2,7 +2,7 @@
 
 ``python -m vae_helpers grade --batch SUBMISSIONS --reference RUN --out DIR``
 calls ``grade_batch``. Every ``.ipynb`` file and every sub-folder of
-``SUBMISSIONS`` is one student, graded by ``grading.grade`` into ``DIR/NAME/``
+``SUBMISSIONS`` is one student, graded by ``grader.grade`` into ``DIR/NAME/``
 (other files are listed and left alone). The grades run ``jobs`` at a time in a
 local process pool, or, with ``scheduler``, as tasks of an existing
 ``dask.distributed`` cluster (whose workers must see the same paths and have the
@@ -22,11 +22,12 @@ import re
 import time
 from pathlib import Path
 
-from vae_helpers import grading, io, report
-from vae_helpers import rubric as rubric_lib
-from vae_helpers import sandbox as sandbox_lib
-from vae_helpers.execution import first_line
-from vae_helpers.locks import LOCK_NAME, run_lock
+from vae_helpers import io
+from vae_helpers.course.execution import first_line
+from vae_helpers.grading import grader, report
+from vae_helpers.grading import rubric as rubric_lib
+from vae_helpers.grading import sandbox as sandbox_lib
+from vae_helpers.outdirs import claim, run_lock
 
 BATCH_FILE = "batch.json"
 DASK_CONNECT_TIMEOUT = "20s"
@@ -49,7 +50,7 @@ def find_submissions(folder) -> tuple[list[tuple[str, Path]], list[str]]:
         raise BatchError(f"{folder} is not a folder of submissions")
     found, ignored, seen = [], [], {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name in grading.SKIP:
+        if path.name.startswith(".") or path.name in grader.SKIP:
             continue
         if not (path.is_dir() or path.suffix == ".ipynb"):
             ignored.append(path.name)
@@ -72,8 +73,8 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
     """Grade every submission of a folder; return the summary rows.
 
     Raises:
-        BatchError, grading.GradingError: the batch cannot start.
-        locks.RunLocked: another batch runs into ``out``.
+        BatchError, grader.GradingError: the batch cannot start.
+        outdirs.RunLocked: another batch runs into ``out``.
     """
     given = Path(out)  # as the user wrote it, for messages
     submissions, out = Path(submissions).absolute(), given.absolute()
@@ -81,8 +82,8 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
     students, ignored = find_submissions(submissions)
     if not students:
         raise BatchError(f"{submissions} holds no .ipynb file and no folder to grade")
-    grading.load_reference(reference, rubric)
-    data = grading.data_path(data)
+    grader.load_reference(reference, rubric)
+    data = grader.data_path(data)
     reference = Path(reference).absolute()
     if out == submissions or out.is_relative_to(submissions) or submissions.is_relative_to(out):
         raise BatchError(f"--out {given} overlaps the submissions folder; choose another")
@@ -92,12 +93,15 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
     if ignored:
         log(f"ignored (neither a notebook nor a folder): {', '.join(ignored)}")
     with run_lock(out):
-        _claim(out, force, given)
+        # an earlier batch is continued; anything else is replaced only with force
+        claim(out, force=force, keep=(out / BATCH_FILE).exists() and not force,
+              refuse=BatchError(f"{given} holds files that are not a batch of grades; choose "
+                                "another --out, or pass --force to replace them"))
         io.write_json(out / BATCH_FILE, {"submissions": str(submissions),
                                          "reference": str(reference),
                                          "rubric": {"path": rubric.path,
                                                     "sha256": rubric.sha256}})
-        reference_hash = grading.reference_hash(reference)
+        reference_hash = grader.reference_hash(reference)
         rows, pending = {}, []
         for student, path in students:
             kept = None if force else _kept(out / student, path, rubric, reference_hash)
@@ -118,28 +122,11 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
         return [rows[s] for s in sorted(rows)]
 
 
-def _claim(out: Path, force: bool, given: Path) -> None:
-    """With the lock of ``out`` held: an earlier batch is continued, anything else is
-    replaced only with ``force``."""
-    contents = [p for p in out.iterdir() if p.name != LOCK_NAME]
-    if contents and not (out / BATCH_FILE).exists() and not force:
-        raise BatchError(f"{given} holds files that are not a batch of grades; choose another "
-                         "--out, or pass --force to replace them")
-    if force:
-        import shutil
-
-        for path in contents:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
 def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
     """The summary row of an earlier grade of the same submission, rubric and reference."""
     try:
-        earlier = io.read_json(folder / grading.GRADE_FILE)
-        same = (earlier["submission"]["sha256"] == grading.submission_hash(path)
+        earlier = io.read_json(folder / grader.GRADE_FILE)
+        same = (earlier["submission"]["sha256"] == grader.submission_hash(path)
                 and earlier["rubric"]["sha256"] == rubric.sha256
                 and earlier["reference"]["sha256"] == reference_hash)
         return _row(folder.name, earlier) if same else None
@@ -164,7 +151,7 @@ def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
     try:
         if box.isolated:
             sandbox_lib.probe("require")  # this worker's machine must sandbox as well
-        result = grading.grade(path, reference, Path(out) / student, rubric=rubric, data=data,
+        result = grader.grade(path, reference, Path(out) / student, rubric=rubric, data=data,
                                sandbox=box, force=True, name=student, hide=hide)
         return _row(student, result)
     except Exception as err:

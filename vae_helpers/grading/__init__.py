@@ -1,0 +1,9 @@
+"""The grader: the instructor's side, on top of the library and the course.
+
+``grader`` (one submission, in the sandbox, against a rubric and a reference run),
+``batch`` (many submissions, locally or on dask), ``sandbox`` (bubblewrap),
+``rubric`` (and the homework's ``rubric.toml``), ``recorded`` (records read back as
+untrusted input), ``checks``, ``compare`` and ``report`` (the verdicts and the HTML
+pages). Nothing in the library or the course imports it. Modules are imported
+explicitly, e.g. ``from vae_helpers.grading import grader``.
+"""
