@@ -7,7 +7,7 @@ Tiers (markers registered in ``pyproject.toml``; ``--strict-markers``):
 ``notebooks``
     nbval over ``notebooks/`` and the tests that execute the course notebooks;
 ``slow``
-    full-size runs, only in ``make test-full``.
+    what takes too long for every change (a fresh install, full-size runs): ``make test-full``.
 
 Every test in ``tests/`` names exactly one tier (a module's ``pytestmark`` or a mark of
 its own); collection stops with the names of the tests that do not. nbval's items are in
