@@ -191,7 +191,8 @@ def test_invalid_records_written_directly_are_reported_one_by_one(tmp_path):
         "model_spec": "latent_dim must be int, got True",
         "BAD": "record name 'BAD' is not allowed: use 1 to 64 lowercase letters, digits and "
                "underscores",
-        "odd": "unknown kind 'sound' (metric, figure, array, spec, history)",
+        "odd": "unknown kind 'sound' (metric, figure, array, spec, history, "
+                 "weights)",
         "samples_10x10": "its file records/samples_10x10.png is missing",
         "latent_means": "its file records/latent_means.npy is missing",
         "history": "a history is a list of 1 to 10000 rows",
@@ -257,3 +258,52 @@ def test_find_accepts_a_run_or_a_grade_directory(tmp_path):
     write(graded, {})
     assert recorded.find(tmp_path / "grade") == graded
     assert recorded.find(graded) == graded
+
+
+def homework_arrays(latent_dim=2, hidden_units=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(size=shape).astype(np.float32)
+            for name, shape in record.weight_shapes(latent_dim, hidden_units).items()}
+
+
+def test_weights_are_named_float32_arrays_that_read_back_and_load(run, tmp_path):
+    arrays = homework_arrays(latent_dim=3)
+    path = record.weights({k: v.astype(np.float64) for k, v in arrays.items()})
+    assert path == run / "records" / "weights.npz"
+    back = record.read_weights(run)
+    assert sorted(back) == sorted(arrays)
+    for name, values in arrays.items():
+        assert back[name].dtype == np.float32
+        np.testing.assert_array_equal(back[name], values)
+    found = recorded.load(run)
+    assert found.problems == {}
+    assert found.entries["weights"]["latent_dim"] == 3
+    assert found.entries["weights"]["hidden_units"] == 8
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: a.pop("likelihood/rho"), "missing likelihood/rho"),
+    (lambda a: a.update(extra=np.zeros(2, np.float32)), "unknown extra"),
+    (lambda a: a.update({"decoder/output/bias": np.zeros(10, np.float32)}),
+     "decoder/output/bias has shape [10]; with D = 784, H = 8 and P = 2 it must be [784]"),
+    (lambda a: a["encoder/hidden/bias"].__setitem__(0, np.nan),
+     "encoder/hidden/bias holds NaN or infinite values"),
+])
+def test_weights_that_do_not_fit_the_homework_network_are_refused(run, change, message):
+    arrays = homework_arrays()
+    change(arrays)
+    with pytest.raises(RecordError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        record.weights(arrays)
+    with pytest.raises(RecordError, match="a dict of named arrays"):
+        record.weights([1, 2])
+    assert not (run / "records" / "weights.npz").exists()
+
+
+def test_reading_weights_that_are_missing_or_damaged(run):
+    with pytest.raises(RecordError, match="does not exist: train the model first"):
+        record.read_weights(run)
+    record.weights(homework_arrays())
+    (run / "records" / "weights.npz").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(RecordError, match="is not a weights file that record.weights wrote"):
+        record.read_weights(run)
+    assert "weights" in recorded.load(run).problems

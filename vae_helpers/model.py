@@ -261,3 +261,72 @@ class VAE(tf.Module):
             rows.append(f"likelihood variance ({lik.spec().get('covariance')}) {extra:>17,d}")
         rows.append(f"{'total trainable parameters':<37}{self.num_parameters:>9,d}")
         return "\n".join(rows)
+
+
+# ---------------------------------------------------------------------- the student's weights
+def homework_weight_shapes(latent_dim: int = 2, hidden_units: int = 512,
+                           input_dim: int = INPUT_DIM) -> dict[str, tuple[int, ...]]:
+    """The named float32 arrays of the homework VAE, as the student interface saves them.
+
+    ``encoder/output`` maps to ``2 P`` numbers, the means of q(z|x) then the free
+    parameters rho of its variances (softplus(rho) + 1e-6, the ``"normal"``
+    posterior's); ``decoder/output`` gives the pre-sigmoid means of p(x|z);
+    ``likelihood/rho`` is the free parameter of the scalar sigma^2
+    (``distributions.MIN_VARIANCE`` + softplus(rho), the Gaussian likelihood's).
+    """
+    p, h, d = int(latent_dim), int(hidden_units), int(input_dim)
+    return {
+        "encoder/hidden/kernel": (d, h), "encoder/hidden/bias": (h,),
+        "encoder/output/kernel": (h, 2 * p), "encoder/output/bias": (2 * p,),
+        "decoder/hidden/kernel": (p, h), "decoder/hidden/bias": (h,),
+        "decoder/output/kernel": (h, d), "decoder/output/bias": (d,),
+        "likelihood/rho": (),
+    }
+
+
+def sizes_of_weights(arrays) -> tuple[int, int, int]:
+    """``(latent_dim, hidden_units, input_dim)`` of named homework arrays, after checking
+    that every name of ``homework_weight_shapes`` is there with its shape.
+
+    Raises:
+        ValueError: a missing or unknown name, or a shape that does not fit the others.
+    """
+    names = set(homework_weight_shapes())
+    missing, unknown = sorted(names - set(arrays)), sorted(set(arrays) - names)
+    if missing or unknown:
+        raise ValueError("the weights must be exactly the arrays of homework_weight_shapes: "
+                         + "; ".join(s for s in (missing and f"missing {', '.join(missing)}",
+                                                 unknown and f"unknown {', '.join(unknown)}") if s))
+    enc = tuple(np.shape(arrays["encoder/hidden/kernel"]))
+    dec = tuple(np.shape(arrays["decoder/hidden/kernel"]))
+    if len(enc) != 2 or len(dec) != 2 or enc[1] != dec[1] or min(enc + dec) < 1:
+        raise ValueError(f"encoder/hidden/kernel must be [D, H] and decoder/hidden/kernel "
+                         f"[P, H] with the same H; got {list(enc)} and {list(dec)}")
+    (input_dim, hidden), latent = enc, dec[0]
+    expected = homework_weight_shapes(latent, hidden, input_dim)
+    for name, shape in expected.items():
+        if tuple(np.shape(arrays[name])) != shape:
+            raise ValueError(f"{name} has shape {list(np.shape(arrays[name]))}; with D = "
+                             f"{input_dim}, H = {hidden} and P = {latent} it must be "
+                             f"{list(shape)}")
+    return int(latent), int(hidden), int(input_dim)
+
+
+def from_homework_weights(arrays) -> VAE:
+    """The reference ``VAE`` (Gaussian likelihood, scalar sigma^2, normal prior and
+    posterior) holding the named arrays of ``homework_weight_shapes``.
+
+    With the same arrays and the same noise, its ``infer``, ``generate`` and ELBO
+    are those of the student interface's model, whose parametrization of the
+    variances is this class's.
+    """
+    latent, hidden, input_dim = sizes_of_weights(arrays)
+    model = VAE(latent_dim=latent, hidden_units=hidden, input_dim=input_dim)
+    pairs = [("encoder", 0, "hidden"), ("encoder", 1, "output"),
+             ("decoder", 0, "hidden"), ("decoder", 1, "output")]
+    for net, index, part in pairs:
+        layer = getattr(model, net).layers[index]
+        layer.w.assign(np.asarray(arrays[f"{net}/{part}/kernel"], np.float32))
+        layer.b.assign(np.asarray(arrays[f"{net}/{part}/bias"], np.float32))
+    model.likelihood.raw_variance.assign(np.asarray(arrays["likelihood/rho"], np.float32))
+    return model

@@ -158,14 +158,16 @@ def grid_codes(z1_values, z2_values) -> np.ndarray:
 
 
 def plot_manifold(model, z1_values, z2_values, title: str | None = None, ax=None):
-    """Decode a grid of codes with ``model.decode`` and show the images at their places.
+    """Decode a grid of codes and show the images at their places.
 
+    ``model`` is any object whose ``generate(z)`` returns p(x|z) as a TFP distribution
+    (the student's VAE or the package's): each tile is the mean of p(x|z) at its code.
     The axes are labelled with the code values at the tile centres.
     """
     z1_values = np.asarray(z1_values, np.float32)
     z2_values = np.asarray(z2_values, np.float32)
     n1, n2 = len(z1_values), len(z2_values)
-    images = np.asarray(model.decode(grid_codes(z1_values, z2_values)))
+    images = np.asarray(model.generate(grid_codes(z1_values, z2_values)).mean())
     fig, ax = _figure(ax, (0.42 * n1 + 1.2, 0.42 * n2 + 1.0))
     h, w = IMAGE_SHAPE
     ax.imshow(tile_images(images, n2, n1, pad=0), cmap="gray", vmin=0.0, vmax=1.0,

@@ -8,6 +8,7 @@ produced::
     record.array("latent_means", codes)          # small arrays only
     record.model_spec(model)                     # a VAE, or a dict (see SPEC_KEYS)
     record.history(history)                      # per-epoch train/test ELBO
+    record.weights(vae.weights())                # a homework VAE's named float32 arrays
 
 Everything goes into ``<dir>/records.json`` plus files in ``<dir>/records/``
 (``NAME.png``, ``NAME.npy``); ``<dir>`` is ``$VAE_RECORD_DIR`` when it is set
@@ -51,6 +52,8 @@ MAX_HISTORY_ROWS = 10_000
 MAX_IMAGES = 1000
 SPEC_NAME = "model_spec"
 HISTORY_NAME = "history"
+WEIGHTS_NAME = "weights"
+MAX_WEIGHTS_BYTES = 64 * 2**20
 
 HOMEWORK_RECORDS = {
     "real_10x10": "figure: 100 test digits, a 10×10 grid of 28×28 images",
@@ -146,6 +149,80 @@ def array(name: str, values) -> Path:
     _store(name, {"kind": "array", "file": f"{FILES_DIR}/{name}.npy",
                   "shape": list(values.shape), "dtype": str(values.dtype)})
     return path
+
+
+def weight_shapes(latent_dim: int = 2, hidden_units: int = 512,
+                  input_dim: int = 784) -> dict[str, tuple[int, ...]]:
+    """The names and shapes of the homework VAE's arrays, as ``weights`` records them
+    (``vae_helpers.model.homework_weight_shapes``, where the parametrization is given)."""
+    from vae_helpers.model import homework_weight_shapes
+
+    return homework_weight_shapes(latent_dim, hidden_units, input_dim)
+
+
+def weights(arrays, name: str = WEIGHTS_NAME) -> Path:
+    """Record a trained homework VAE's weights: ``records/NAME.npz``, named float32 arrays.
+
+    ``arrays`` maps the names of ``weight_shapes`` to arrays or ``tf.Variable``s; the
+    shapes must fit one network (the sizes are read from the arrays), every value
+    must be finite. The file holds plain arrays only (``allow_pickle=False``): the
+    grader loads it without running any of the notebook's code. Returns the path.
+    """
+    import numpy as np
+
+    from vae_helpers.model import sizes_of_weights
+
+    check_name(name)
+    if not isinstance(arrays, Mapping):
+        raise RecordError(f"{name}: record.weights needs a dict of named arrays (the VAE's "
+                          f"weights()), got {type(arrays).__name__}")
+    try:
+        values = {str(k): np.asarray(getattr(v, "numpy", lambda v=v: v)(), np.float32)
+                  for k, v in arrays.items()}
+        latent, hidden, input_dim = sizes_of_weights(values)
+    except (TypeError, ValueError) as err:
+        raise RecordError(f"{name}: {err}") from None
+    bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise RecordError(f"{name}: {', '.join(sorted(bad))} holds NaN or infinite values")
+    buffer = _io.BytesIO()
+    np.savez(buffer, **values)
+    if buffer.tell() > MAX_WEIGHTS_BYTES:
+        raise RecordError(f"{name}: {buffer.tell():,} bytes of weights, at most "
+                          f"{MAX_WEIGHTS_BYTES:,} allowed")
+    path = _write_file(name, ".npz", buffer.getvalue())
+    _store(name, {"kind": "weights", "file": f"{FILES_DIR}/{name}.npz",
+                  "latent_dim": latent, "hidden_units": hidden, "input_dim": input_dim})
+    return path
+
+
+def read_weights(run_dir=None, name: str = WEIGHTS_NAME) -> dict:
+    """The arrays ``weights`` recorded (from ``$VAE_RECORD_DIR`` when set, else ``run_dir``),
+    checked as when they were written.
+
+    Raises:
+        RecordError: no weights there, or a file that is not what ``weights`` writes.
+    """
+    import zipfile
+
+    import numpy as np
+
+    from vae_helpers.model import sizes_of_weights
+
+    base = Path(os.environ[RECORD_DIR_ENV]) if os.environ.get(RECORD_DIR_ENV) else (
+        Path(run_dir) if run_dir is not None else record_dir())
+    path = base / FILES_DIR / f"{check_name(name)}.npz"
+    if not path.is_file():
+        raise RecordError(f"{path} does not exist: train the model first (its training "
+                          "loop saves the weights after every epoch)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        sizes_of_weights(arrays)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise RecordError(f"{path} is not a weights file that record.weights wrote "
+                          f"({err})") from None
+    return arrays
 
 
 def model_spec(model_or_dict, name: str = SPEC_NAME) -> dict:
@@ -306,9 +383,9 @@ def _store(name: str, entry: dict) -> None:
         raise RecordError(f"{name}: {path} already holds {MAX_RECORDS} records, the most "
                           "allowed")
     old = records.get(name, {})
-    if old.get("kind") in ("figure", "array") and old.get("kind") != entry["kind"]:
-        (folder / FILES_DIR / f"{name}.{'png' if old['kind'] == 'figure' else 'npy'}").unlink(
-            missing_ok=True)
+    suffixes = {"figure": "png", "array": "npy", "weights": "npz"}
+    if old.get("kind") in suffixes and old.get("kind") != entry["kind"]:
+        (folder / FILES_DIR / f"{name}.{suffixes[old['kind']]}").unlink(missing_ok=True)
     records[name] = entry
     text = json.dumps({"format": FORMAT, "records": records}, indent=1) + "\n"
     if len(text) > MAX_RECORDS_FILE_BYTES:

@@ -16,6 +16,7 @@ import io as _io
 import json
 import os
 import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,7 +101,8 @@ def load(directory) -> Records:
         try:
             record.check_name(name)
             found.entries[name] = _check_entry(directory, name, entry, budget)
-        except (RecordError, OSError, ValueError, TypeError, KeyError) as err:
+        except (RecordError, OSError, ValueError, TypeError, KeyError,
+                zipfile.BadZipFile) as err:
             found.problems[name] = _reason(name, err)
     return found
 
@@ -141,7 +143,21 @@ def _check_entry(directory: Path, name: str, entry, budget: list) -> dict:
         record.check_array(name, values)
         return {"kind": kind, "shape": list(values.shape), "dtype": str(values.dtype),
                 "values": values}
-    raise RecordError(f"unknown kind {str(kind)[:40]!r} (metric, figure, array, spec, history)")
+    if kind == "weights":
+        import numpy as np
+
+        from vae_helpers.model import sizes_of_weights
+
+        data = _read_file(directory, name, ".npz", record.MAX_WEIGHTS_BYTES + 4096, budget)
+        with np.load(_io.BytesIO(data), allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        latent, hidden, input_dim = sizes_of_weights(arrays)
+        if not all(a.dtype == np.float32 and np.all(np.isfinite(a)) for a in arrays.values()):
+            raise RecordError("the weights must be finite float32 arrays")
+        return {"kind": kind, "arrays": arrays, "latent_dim": latent,
+                "hidden_units": hidden, "input_dim": input_dim}
+    raise RecordError(f"unknown kind {str(kind)[:40]!r} (metric, figure, array, spec, history, "
+                      "weights)")
 
 
 def _read_file(directory: Path, name: str, suffix: str, limit: int, budget: list) -> bytes:
