@@ -9,7 +9,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from vae_helpers.__main__ import main
-from vae_helpers.course import student
+from vae_helpers.course import checks, student
 
 pytestmark = pytest.mark.unit
 
@@ -94,9 +94,21 @@ def test_the_homework_notebooks_have_regions_and_their_student_versions_none(nam
 def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["student", "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["03_train.ipynb", "04_analysis.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == ["03_train.ipynb", "04_analysis.ipynb",
+                                                     "vae_homework.py"]
     printed = capsys.readouterr().out
     assert "03_train.ipynb (2 stubs)" in printed and "04_analysis.ipynb (4 stubs)" in printed
+    solution = (FOLDER / "vae_homework.py").read_text(encoding="utf-8")
+    regions = student.solution_regions(solution)
+    assert f"vae_homework.py ({len(regions)} stubs)" in printed
+    handout = (out / "vae_homework.py").read_text(encoding="utf-8")
+    kept = {line.strip() for line in handout.splitlines()}
+    for region in regions:  # not one line of a solution is left in the student's module
+        for line in region.splitlines():
+            assert not line.strip() or line.strip() not in kept, line
+    assert "SOLUTION" not in handout and handout.count("raise NotImplementedError(") == \
+        len(regions)
+    assert checks.kit_violations(handout) == []
     before = (out / "03_train.ipynb").read_text()
     (out / "03_train.ipynb").write_text("my work")
     assert main(["student", "--out", str(out)]) == 1

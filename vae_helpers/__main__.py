@@ -188,13 +188,14 @@ def _grading_commands(sub) -> None:
                    help="replace what --out holds (with --batch: grade every submission again)")
 
     s = sub.add_parser("student", help="write student versions of the homework notebooks",
-                       description="Copy notebooks with every solution region (# BEGIN "
-                                   "SOLUTION ... # END SOLUTION, or a cell tagged solution) "
-                                   "replaced by a stub that raises NotImplementedError with "
-                                   "its hint, and the outputs cleared.")
-    s.add_argument("notebooks", nargs="*", metavar="NOTEBOOK",
-                   help="the notebooks (default: notebooks/03_train.ipynb and "
-                        "notebooks/04_analysis.ipynb)")
+                       description="Copy notebooks and the student module with every "
+                                   "solution region (# BEGIN SOLUTION ... # END SOLUTION, or "
+                                   "a cell tagged solution) replaced by a stub that raises "
+                                   "NotImplementedError with its hint, and the outputs "
+                                   "cleared.")
+    s.add_argument("notebooks", nargs="*", metavar="FILE",
+                   help="the notebooks and .py modules (default: notebooks/03_train.ipynb, "
+                        "notebooks/04_analysis.ipynb and notebooks/vae_homework.py)")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
     s.add_argument("--force", action="store_true", help="replace notebooks already in --out")
 
@@ -304,9 +305,10 @@ def _grade(args) -> int:
 def _student(args) -> int:
     from vae_helpers.course.notebook import display_path
     from vae_helpers.course.pipeline import notebook_dir
-    from vae_helpers.course.student import HOMEWORK, write_student_versions
+    from vae_helpers.course.student import HOMEWORK, STUDENT_MODULE, write_student_versions
 
-    notebooks = args.notebooks or [notebook_dir() / f"{name}.ipynb" for name in HOMEWORK]
+    notebooks = args.notebooks or [*(notebook_dir() / f"{name}.ipynb" for name in HOMEWORK),
+                                   notebook_dir() / STUDENT_MODULE]
     for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
         print(f"wrote {display_path(path)} ({stubs} stub{'s' * (stubs != 1)})")
     return 0

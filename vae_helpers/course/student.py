@@ -15,8 +15,10 @@ becomes, at the same indentation::
     raise NotImplementedError("draw 100 images from the model (VAE.sample)")
 
 Everything else is kept, except the outputs, which are cleared (they would show
-the answers). A student version completed by the student records the same
-names as the reference, so the grader accepts it.
+the answers). A Python file (the student module, ``STUDENT_MODULE``) is stubbed
+the same way, region by region, and written beside the notebooks. A student
+version completed by the student records the same names as the reference, so the
+grader accepts it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?))
 END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
 TAG = "solution"
 HOMEWORK = ("03_train", "04_analysis")
+#: the module the student edits, beside the notebooks (its solution is the answer key)
+STUDENT_MODULE = "vae_homework.py"
 DEFAULT_HINT = "complete this part"
 
 
@@ -107,7 +111,8 @@ def student_notebook(nb, name: str = "notebook") -> tuple:
 
 
 def write_student_versions(notebooks, out, force: bool = False) -> list[tuple[Path, int]]:
-    """Write the student version of each notebook into ``out``; ``(path, stubs)`` each.
+    """Write the student version of each notebook (or ``.py`` module) into ``out``;
+    ``(path, stubs)`` each.
 
     Raises:
         StudentError: bad markers, or a file in ``out`` would be overwritten without
@@ -132,14 +137,22 @@ def write_student_versions(notebooks, out, force: bool = False) -> list[tuple[Pa
         raise StudentError(f"--out {out} is where the notebooks are; choose another folder")
     versions = []
     for source in sources:
+        if source.suffix == ".py":
+            try:
+                text = source.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as err:
+                raise StudentError(f"{source} cannot be read ({err})") from None
+            versions.append(strip_solutions(text, source.name))
+            continue
         try:
             nb = nbformat.read(source, as_version=4)
         except (ValueError, AttributeError, TypeError) as err:
             raise StudentError(f"{source} is not a readable notebook ({err})") from None
-        versions.append(student_notebook(nb, source.name))
+        version, count = student_notebook(nb, source.name)
+        versions.append((nbformat.writes(version) + "\n", count))
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for target, (nb, count) in zip(targets, versions, strict=True):
-        io.atomic_write_text(target, nbformat.writes(nb) + "\n")
+    for target, (text, count) in zip(targets, versions, strict=True):
+        io.atomic_write_text(target, text)
         written.append((target, count))
     return written
