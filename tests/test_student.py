@@ -76,11 +76,14 @@ def test_the_homework_notebooks_have_regions_and_their_student_versions_none(nam
     solutions = [r for c in reference.cells if c.cell_type == "code"
                  for r in student.solution_regions(c.source)]
     assert solutions
+    answers = [c for c in reference.cells
+               if c.cell_type == "markdown" and "solution" in c.metadata.get("tags", [])]
     version, count = student.student_notebook(nbformat.read(FOLDER / f"{name}.ipynb",
                                                             as_version=4), name)
-    assert count == len(solutions)
+    assert count == len(solutions) + len(answers)
     text = "\n".join(c.source for c in version.cells)
-    assert "SOLUTION" not in text and text.count("raise NotImplementedError(") == count
+    assert "SOLUTION" not in text and text.count("raise NotImplementedError(") == \
+        len(solutions)
     kept = {line.strip() for line in text.splitlines()}
     for solution in solutions:
         for line in solution.splitlines():
@@ -95,9 +98,10 @@ def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["student", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["03_train.ipynb", "04_analysis.ipynb",
-                                                     "vae_homework.py"]
+                                                     "05_discussion.ipynb", "vae_homework.py"]
     printed = capsys.readouterr().out
-    assert "03_train.ipynb (2 stubs)" in printed and "04_analysis.ipynb (4 stubs)" in printed
+    assert "03_train.ipynb (3 stubs)" in printed and "04_analysis.ipynb (6 stubs)" in printed
+    assert "05_discussion.ipynb (4 stubs)" in printed
     solution = (FOLDER / "vae_homework.py").read_text(encoding="utf-8")
     regions = student.solution_regions(solution)
     assert f"vae_homework.py ({len(regions)} stubs)" in printed
@@ -124,3 +128,30 @@ def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
     assert "bad.ipynb, cell 0, line 1: BEGIN SOLUTION is never ended" in \
         capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_prose_answer_becomes_a_prompt_under_its_heading():
+    assert student.answer_prompt("## What the figures show\n\n* **Samples.** blurry\n") == \
+        f"## What the figures show\n\n{student.ANSWER_PROMPT}"
+    assert student.answer_prompt("**What changes.** Its density falls\nlinearly.") == \
+        f"**What changes.**\n\n{student.ANSWER_PROMPT}"
+    assert student.answer_prompt("Three things:\n\n* one") == student.ANSWER_PROMPT
+    asked = "### Where\n\n<!-- prompt: where did the model\n use continuity? -->\nIt did."
+    assert student.answer_prompt(asked) == \
+        "### Where\n\n*Your answer:* where did the model use continuity?"
+
+
+@pytest.mark.parametrize("name", student.HANDOUTS)
+def test_no_handout_keeps_the_prose_of_an_answer(name):
+    reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
+    answers = [c.source for c in reference.cells
+               if c.cell_type == "markdown" and "solution" in c.metadata.get("tags", [])]
+    assert answers, f"{name} has no prose answer tagged solution"
+    version, _ = student.student_notebook(nbformat.read(FOLDER / f"{name}.ipynb",
+                                                        as_version=4), name)
+    text = "\n".join(c.source for c in version.cells)
+    assert text.count("*Your answer:*") == len(answers)
+    for answer in answers:
+        for line in answer.splitlines():
+            if len(line.strip()) > 25 and not line.lstrip().startswith(("#", "<!--")):
+                assert line.strip() not in text, line

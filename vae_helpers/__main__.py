@@ -195,7 +195,7 @@ def _grading_commands(sub) -> None:
                                    "cleared.")
     s.add_argument("notebooks", nargs="*", metavar="FILE",
                    help="the notebooks and .py modules (default: notebooks/03_train.ipynb, "
-                        "notebooks/04_analysis.ipynb and notebooks/vae_homework.py)")
+                        "04_analysis.ipynb, 05_discussion.ipynb and vae_homework.py)")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
     s.add_argument("--force", action="store_true", help="replace notebooks already in --out")
 
@@ -305,9 +305,9 @@ def _grade(args) -> int:
 def _student(args) -> int:
     from vae_helpers.course.notebook import display_path
     from vae_helpers.course.pipeline import notebook_dir
-    from vae_helpers.course.student import HOMEWORK, STUDENT_MODULE, write_student_versions
+    from vae_helpers.course.student import HANDOUTS, STUDENT_MODULE, write_student_versions
 
-    notebooks = args.notebooks or [*(notebook_dir() / f"{name}.ipynb" for name in HOMEWORK),
+    notebooks = args.notebooks or [*(notebook_dir() / f"{name}.ipynb" for name in HANDOUTS),
                                    notebook_dir() / STUDENT_MODULE]
     for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
         print(f"wrote {display_path(path)} ({stubs} stub{'s' * (stubs != 1)})")

@@ -8,6 +8,9 @@ In the reference notebooks, the student's parts are marked inside code cells::
 
 (the markers are comments, so the reference notebooks run as they are), or a whole
 code cell is tagged ``solution`` (its first comment line, if any, is the hint).
+A markdown cell tagged ``solution`` is a prose answer (a "comment on the results"):
+in the student version its leading heading or bold lead-in stays and the answer
+becomes the prompt ``ANSWER_PROMPT``.
 ``python -m vae_helpers student --out DIR`` writes copies in which each region
 becomes, at the same indentation::
 
@@ -31,9 +34,13 @@ BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?))
 END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
 TAG = "solution"
 HOMEWORK = ("03_train", "04_analysis")
+#: the notebooks the student command writes by default (the graded ones and 05's answers)
+HANDOUTS = ("03_train", "04_analysis", "05_discussion")
 #: the module the student edits, beside the notebooks (its solution is the answer key)
 STUDENT_MODULE = "vae_homework.py"
 DEFAULT_HINT = "complete this part"
+ANSWER_PROMPT = ("*Your answer:* what do the results above show, and why? Cite the figures "
+                 "and the numbers.")
 
 
 class StudentError(ValueError):
@@ -89,12 +96,38 @@ def solution_regions(source: str) -> list[str]:
     return regions
 
 
+def answer_prompt(source: str) -> str:
+    """A prose answer's cell as the student gets it: its headings (and a bold lead-in
+    such as ``**What changes.**``) kept, the answer replaced by a prompt: the cell's own
+    question when it has one (an invisible ``<!-- prompt: ... -->`` line), else
+    ``ANSWER_PROMPT``."""
+    asked = re.search(r"<!--\s*prompt:\s*(.*?)\s*-->", source, re.S)
+    prompt = f"*Your answer:* {' '.join(asked.group(1).split())}" if asked else ANSWER_PROMPT
+    kept = []
+    for line in source.split("\n"):
+        if line.strip().startswith("<!--"):
+            continue
+        if line.startswith("#") or (not line.strip() and kept):
+            kept.append(line)
+            continue
+        lead = re.match(r"\*\*[^*]+\*\*", line)
+        if lead:
+            kept.append(lead.group(0))
+        break
+    heading = "\n".join(kept).rstrip()
+    return f"{heading}\n\n{prompt}" if heading else prompt
+
+
 def student_notebook(nb, name: str = "notebook") -> tuple:
-    """The student version of a notebook node (changed in place) and its number of stubs."""
+    """The student version of a notebook node (changed in place) and its number of stubs
+    (code regions and prose answers)."""
     from vae_helpers.course.pipeline import clean_notebook
 
     count = 0
     for index, cell in enumerate(nb.cells):
+        if cell.cell_type == "markdown" and TAG in cell.metadata.get("tags", []):
+            cell.source = answer_prompt(cell.source)
+            count += 1
         if cell.cell_type != "code":
             continue
         if TAG in cell.metadata.get("tags", []):
