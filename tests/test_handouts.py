@@ -1,0 +1,60 @@
+"""The handouts: what they import from the package, and where a fresh one stops."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vae_helpers.course import checks, execution, student
+
+pytestmark = pytest.mark.unit
+
+FOLDER = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def handout(tmp_path, name: str) -> Path:
+    """The student versions of ``name`` and of the student module, written into tmp_path."""
+    student.write_student_versions([FOLDER / f"{name}.ipynb", FOLDER / student.STUDENT_MODULE],
+                                   tmp_path)
+    return tmp_path / f"{name}.ipynb"
+
+
+def code(path: Path) -> str:
+    """The Python of a notebook's code cells (IPython's % and ! lines left out)."""
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(line for c in nb.cells if c.cell_type == "code"
+                     for line in c.source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+
+
+@pytest.mark.parametrize("name", student.ON_THE_KIT)
+def test_a_handout_imports_only_the_student_kit(name, tmp_path):
+    assert checks.kit_violations(code(handout(tmp_path, name))) == []
+    module = (tmp_path / student.STUDENT_MODULE).read_text(encoding="utf-8")
+    assert checks.kit_violations(module) == []
+
+
+def test_the_kit_test_sees_the_reference_modules():
+    assert checks.kit_violations(
+        "import vae_helpers.model\nfrom vae_helpers import data, runs\n"
+        "from vae_helpers.training import fit\nfrom vae_helpers.course import record\n"
+        "from vae_helpers.evaluate import iwae_log_likelihood as iwae\n"
+    ) == ["vae_helpers.model", "vae_helpers.runs", "vae_helpers.training",
+          "vae_helpers.evaluate"]
+
+
+def test_a_fresh_handout_of_02_runs_to_its_first_task_and_stops_naming_it(tmp_path):
+    source = handout(tmp_path, "02_build")
+    outcome = execution.run_notebook(
+        source, tmp_path / "executed.ipynb", {}, cwd=tmp_path,
+        limits=execution.Limits(timeout=600),
+        env={**os.environ, "VAE_PROGRESS": "off"})
+    assert outcome.status == "error", outcome
+    assert "NotImplementedError: 2a, the variables of both networks" in outcome.message
+    executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
+                      for o in c.outputs)
+    assert "PASS  kit:" in printed and "FAIL" not in printed
