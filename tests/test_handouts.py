@@ -46,14 +46,19 @@ def test_the_kit_test_sees_the_reference_modules():
           "vae_helpers.evaluate"]
 
 
-def test_a_fresh_handout_of_02_runs_to_its_first_task_and_stops_naming_it(tmp_path):
-    source = handout(tmp_path, "02_build")
+FIRST_TASK = {"01_math": "1a, the minibatch ELBO estimator",
+              "02_build": "2a, the variables of both networks"}
+
+
+@pytest.mark.parametrize("name", student.ON_THE_KIT)
+def test_a_fresh_handout_runs_to_its_first_task_and_stops_naming_it(name, tmp_path):
+    source = handout(tmp_path, name)
     outcome = execution.run_notebook(
         source, tmp_path / "executed.ipynb", {}, cwd=tmp_path,
         limits=execution.Limits(timeout=600),
         env={**os.environ, "VAE_PROGRESS": "off"})
     assert outcome.status == "error", outcome
-    assert "NotImplementedError: 2a, the variables of both networks" in outcome.message
+    assert f"NotImplementedError: {FIRST_TASK[name]}" in outcome.message
     executed = nbformat.read(tmp_path / "executed.ipynb", as_version=4)
     printed = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
                       for o in c.outputs)

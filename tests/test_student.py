@@ -98,8 +98,8 @@ def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
     out = tmp_path / "student"
     assert main(["student", "--out", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "02_build.ipynb", "03_train.ipynb", "04_analysis.ipynb", "05_discussion.ipynb",
-        "vae_homework.py"]
+        "01_math.ipynb", "02_build.ipynb", "03_train.ipynb", "04_analysis.ipynb",
+        "05_discussion.ipynb", "vae_homework.py"]
     printed = capsys.readouterr().out
     assert "03_train.ipynb (3 stubs)" in printed and "04_analysis.ipynb (6 stubs)" in printed
     assert "05_discussion.ipynb (4 stubs)" in printed
@@ -142,7 +142,8 @@ def test_a_prose_answer_becomes_a_prompt_under_its_heading():
         "### Where\n\n*Your answer:* where did the model use continuity?"
 
 
-@pytest.mark.parametrize("name", [n for n in student.HANDOUTS if n != "02_build"])
+@pytest.mark.parametrize("name", [n for n in student.HANDOUTS if n not in ("01_math",
+                                                                         "02_build")])
 def test_no_handout_keeps_the_prose_of_an_answer(name):
     reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
     answers = [c.source for c in reference.cells

@@ -194,8 +194,8 @@ def _grading_commands(sub) -> None:
                                    "NotImplementedError with its hint, and the outputs "
                                    "cleared.")
     s.add_argument("notebooks", nargs="*", metavar="FILE",
-                   help="the notebooks and .py modules (default: notebooks/02_build.ipynb, "
-                        "03_train, 04_analysis, 05_discussion and vae_homework.py)")
+                   help="the notebooks and .py modules (default: the five notebooks of "
+                        "notebooks/ and vae_homework.py)")
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
     s.add_argument("--force", action="store_true", help="replace notebooks already in --out")
 

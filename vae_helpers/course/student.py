@@ -35,10 +35,10 @@ END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
 TAG = "solution"
 HOMEWORK = ("03_train", "04_analysis")
 #: the notebooks the student command writes by default
-HANDOUTS = ("02_build", "03_train", "04_analysis", "05_discussion")
+HANDOUTS = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
 #: the handouts that use nothing of the package beyond the student kit
 #: (``vae_helpers.course.checks.KIT``); the others still call its model or training
-ON_THE_KIT = ("02_build",)
+ON_THE_KIT = ("01_math", "02_build")
 #: the module the student edits, beside the notebooks (its solution is the answer key)
 STUDENT_MODULE = "vae_homework.py"
 DEFAULT_HINT = "complete this part"
