@@ -157,3 +157,32 @@ def test_no_handout_keeps_the_prose_of_an_answer(name):
         for line in answer.splitlines():
             if len(line.strip()) > 25 and not line.lstrip().startswith(("#", "<!--")):
                 assert line.strip() not in text, line
+
+
+@pytest.mark.parametrize("source, stubbed", [
+    ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION",
+     '# TODO: complete this part\nraise NotImplementedError("complete this part")'),
+    ("    ## BEGIN SOLUTION\n    x = 1\n    ####  END SOLUTION",
+     '    # TODO: complete this part\n    raise NotImplementedError("complete this part")'),
+    ("# BEGIN SOLUTION NO PROMPT\nx = 1\n# END SOLUTION",
+     '# TODO: complete this part\nraise NotImplementedError("complete this part")'),
+    ("y = 2\n    z = compute(y)  # SOLUTION\nprint(z)",
+     'y = 2\n    # TODO: complete this line\n    raise NotImplementedError("complete this line")'
+     "\nprint(z)"),
+    ("z = compute()  # SOLUTION NO PROMPT",
+     '# TODO: complete this line\nraise NotImplementedError("complete this line")'),
+])
+def test_the_markers_of_nbgrader_and_otter_are_stripped_too(source, stubbed):
+    result, count = student.strip_solutions(source)
+    assert (result, count) == (stubbed, 1)
+    assert "compute" not in result and "x = 1" not in result
+    assert len(student.solution_regions(source)) == 1
+
+
+@pytest.mark.parametrize("line", ["#BEGIN  SOLUTION here", "# solution: END SOLUTION",
+                                  "print('a')  # SOLUTION please", "    # SOLUTION"])
+def test_a_line_that_still_looks_like_a_marker_is_an_error_not_a_leak(line):
+    with pytest.raises(student.StudentError, match="a solution marker this command does not "
+                                                   "understand"):
+        student.strip_solutions(f"x = 0\n{line}\n", "nb.ipynb, cell 2")
+    assert student.strip_solutions("# the solution of the equation\nx = 1")[1] == 0

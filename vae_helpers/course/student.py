@@ -1,13 +1,18 @@
 """Student versions of the homework notebooks: the solutions replaced by stubs.
 
-In the reference notebooks, the student's parts are marked inside code cells::
+In the reference notebooks (and the student module), the student's parts are marked
+inside code cells::
 
     # BEGIN SOLUTION: draw 100 images from the model (VAE.sample)
     samples = model.sample(100, seed=seed).numpy()
     # END SOLUTION
 
 (the markers are comments, so the reference notebooks run as they are), or a whole
-code cell is tagged ``solution`` (its first comment line, if any, is the hint).
+code cell is tagged ``solution`` (its first comment line, if any, is the hint). The
+markers of nbgrader (``### BEGIN SOLUTION`` ... ``### END SOLUTION``, any number of
+``#``) and otter (``# BEGIN SOLUTION NO PROMPT``, and a line of code ending in
+``# SOLUTION``, which becomes a stub of its own) are understood too, and a line that
+still looks like a marker afterwards is an error rather than a leak.
 A markdown cell tagged ``solution`` is a prose answer (a "comment on the results"):
 in the student version its leading heading or bold lead-in stays and the answer
 becomes the prompt ``ANSWER_PROMPT``.
@@ -30,8 +35,16 @@ import json
 import re
 from pathlib import Path
 
-BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION(?::[ \t]*(?P<hint>.*?))?[ \t]*$")
-END = re.compile(r"^[ \t]*# END SOLUTION[ \t]*$")
+# "# BEGIN SOLUTION: hint", nbgrader's "### BEGIN SOLUTION", otter's "# BEGIN SOLUTION NO PROMPT"
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)#+[ \t]*BEGIN SOLUTION(?:[ \t]+NO PROMPT)?"
+                   r"(?:[ \t]*:[ \t]*(?P<hint>.*?))?[ \t]*$")
+END = re.compile(r"^[ \t]*#+[ \t]*END SOLUTION[ \t]*$")
+# otter's one-line solution: code followed by "# SOLUTION" (or "# SOLUTION NO PROMPT")
+LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<code>\S.*?)[ \t]*#[ \t]*SOLUTION"
+                  r"(?:[ \t]+NO PROMPT)?[ \t]*$")
+# anything left that still looks like a marker: a handout is never written with one
+LEFTOVER = re.compile(r"#.*\b(?:BEGIN|END)[ \t]+SOLUTION\b|#[ \t]*SOLUTION\b")
+LINE_HINT = "complete this line"
 TAG = "solution"
 HOMEWORK = ("03_train", "04_analysis")
 #: the notebooks the student command writes by default
@@ -66,6 +79,7 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
     out, opened, count = [], None, 0
     for number, line in enumerate(source.split("\n"), 1):
         begin, end = BEGIN.match(line), END.match(line)
+        one_line = None if (begin or end or opened) else LINE.match(line)
         if begin:
             if opened:
                 raise StudentError(f"{where}, line {number}: BEGIN SOLUTION inside the region "
@@ -77,7 +91,14 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
                                    "BEGIN SOLUTION")
             out += stub(opened[2], opened[1])
             opened, count = None, count + 1
+        elif one_line:
+            out += stub(LINE_HINT, one_line["indent"])
+            count += 1
         elif not opened:
+            if LEFTOVER.search(line):
+                raise StudentError(f"{where}, line {number}: a solution marker this command "
+                                   f"does not understand ({line.strip()[:60]!r}); use "
+                                   "# BEGIN SOLUTION / # END SOLUTION or a trailing # SOLUTION")
             out.append(line)
     if opened:
         raise StudentError(f"{where}, line {opened[0]}: BEGIN SOLUTION is never ended "
@@ -86,10 +107,14 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
 
 
 def solution_regions(source: str) -> list[str]:
-    """The code inside each marked region of ``source``, in order (markers excluded)."""
+    """The code inside each marked region of ``source``, in order (markers excluded); a
+    one-line solution (``code  # SOLUTION``) is a region of its code."""
     regions, current = [], None
     for line in source.split("\n"):
-        if BEGIN.match(line):
+        one_line = LINE.match(line) if current is None and not END.match(line) else None
+        if one_line and not BEGIN.match(line):
+            regions.append(one_line["indent"] + one_line["code"])
+        elif BEGIN.match(line):
             current = []
         elif END.match(line) and current is not None:
             regions.append("\n".join(current))
