@@ -142,7 +142,9 @@ def third_party_imports(sources) -> set[str]:
                 names |= {a.name.split(".")[0] for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return {n for n in names if n not in sys.stdlib_module_names and n != "vae_helpers"}
+    local = {p.stem for p in (ROOT / "notebooks").glob("*.py")}  # the student module
+    return {n for n in names
+            if n not in sys.stdlib_module_names and n != "vae_helpers" and n not in local}
 
 
 def test_pip_install_brings_what_the_course_imports_and_only_the_grading_extra_brings_dask():
@@ -163,6 +165,7 @@ def test_pip_install_brings_what_the_course_imports_and_only_the_grading_extra_b
     course = [p.read_text() for p in [*package.glob("*.py"), *(package / "course").glob("*.py")]]
     cells = [c.source for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))
              for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
+    course += [p.read_text() for p in (ROOT / "notebooks").glob("*.py")]
     cells = ["\n".join(line for line in cell.splitlines()
                        if not line.lstrip().startswith(("%", "!"))) for cell in cells]
     for module in sorted(third_party_imports(course + cells)):

@@ -200,3 +200,21 @@ def test_training_continues_after_an_interruption(solution, tmp_path):
     solution.load_weights(fresh, tmp_path)
     for name, variable in fresh.weights().items():
         np.testing.assert_array_equal(variable.numpy(), before[name])
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("return tfd.MultivariateNormalDiag(loc=mu, scale_diag=tf.sqrt(posterior_variance(rho)))",
+     "return mu", "FAIL  2a: infer(x) must return a TFP distribution, got EagerTensor"),
+    ("return tfd.Independent(tfd.Normal(loc=mean, scale=scale), reinterpreted_batch_ndims=1)",
+     "return tfd.Normal(loc=mean[..., :10], scale=scale[..., :10])",
+     "FAIL  2a: generate(z).mean() has shape [3, 8, 10], expected [3, 8, 784]"),
+    ("        return log_likelihood - kl\n", "        return tf.reduce_mean(log_likelihood - kl)\n",
+     "FAIL  2a: compute_elbo(x, eps) has shape [], expected [8]"),
+])
+def test_a_class_of_the_wrong_type_or_shape_fails_with_what_was_expected(old, new, expected,
+                                                                        tmp_path, capsys):
+    assert SOURCE.count(old) == 1, old
+    module = load(SOURCE.replace(old, new), tmp_path)
+    assert not checks.check_vae(module.VAE)
+    printed = capsys.readouterr().out
+    assert printed.startswith(expected) and printed.count("\n") == 1, printed

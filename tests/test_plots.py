@@ -74,12 +74,19 @@ def test_prior_quantile_grid_matches_the_standard_normal_inverse_cdf():
 
 
 def test_plot_manifold_decodes_each_code_at_its_tile():
-    class Decoder:  # image = constant z1 + 10 * z2, so every tile shows its own code
-        def decode(self, z):
-            z = np.asarray(z)
-            return np.repeat((z[:, :1] + 10 * z[:, 1:]), 784, axis=1)
+    class Likelihood:
+        def __init__(self, mean):
+            self._mean = mean
 
-    fig = plots.plot_manifold(Decoder(), [0.0, 0.05], [0.0, 0.01, 0.02])
+        def mean(self):
+            return self._mean
+
+    class Model:  # the mean image = constant z1 + 10 * z2, so every tile shows its own code
+        def generate(self, z):
+            z = np.asarray(z)
+            return Likelihood(np.repeat((z[:, :1] + 10 * z[:, 1:]), 784, axis=1))
+
+    fig = plots.plot_manifold(Model(), [0.0, 0.05], [0.0, 0.01, 0.02])
     image = fig.axes[0].images[0].get_array()
     assert image.shape == (3 * 28, 2 * 28)
     assert image[0, 0] == pytest.approx(0.2) and image[0, 28] == pytest.approx(0.25)
