@@ -1,4 +1,4 @@
-r"""The homework's code: the module you edit, which every notebook imports.
+r"""The homework's code: the module you edit and the notebooks import.
 
 Write your solutions where this file says ``TODO`` (each stub raises
 ``NotImplementedError`` naming its task until you do). Import the module from
@@ -14,7 +14,7 @@ helpers, ``set_seed`` and the checks); the package's own model, training and
 evaluation are the reference your work is checked against, and importing them
 fails the first check of every notebook.
 
-The interface (fixed: the checks and the grader call exactly these):
+The interface (fixed: the checks call exactly these):
 
 =======  =====================================================================
 task     what you write
@@ -31,8 +31,9 @@ task     what you write
          ``laplace_kl(mu1, b1, mu2, b2)``
 =======  =====================================================================
 
-Variances are non-negative by one fixed parametrization, given below and used by
-the grader when it loads your weights: a network outputs a free number
+Variances are non-negative by one fixed parametrization, given below and used
+whenever your weights are loaded into the package's reference VAE (the checks do
+this): a network outputs a free number
 :math:`\rho`, and the variance is ``posterior_variance(rho)``
 (:math:`\mathrm{softplus}(\rho) + 10^{-6}`) for q(z|x), ``likelihood_variance(rho)``
 (:math:`1/(12 \cdot 256^2) + \mathrm{softplus}(\rho)`) for the learned scalar
@@ -93,7 +94,7 @@ def weight_shapes(latent_dim: int = 2, hidden_units: int = 512,
 
 
 def save_weights(vae, run_dir) -> Path:
-    """Save ``vae.weights()`` as named float32 arrays into ``run_dir`` (for 04 and the grader)."""
+    """Save ``vae.weights()`` as named float32 arrays into ``run_dir``, for a fresh kernel."""
     record.set_run_dir(run_dir)
     return record.weights(vae.weights())
 
