@@ -43,22 +43,25 @@ print(json.dumps(found))
 
 
 def notebook_imports() -> list[str]:
-    """The top-level modules the committed notebooks import."""
+    """The modules the committed notebooks and the student module beside them import
+    (the student module itself is a file next to the notebooks, not installed)."""
     import ast
 
-    names = set()
+    sources = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "notebooks").glob("*.py"))]
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        for cell in nbformat.read(path, as_version=4).cells:
-            if cell.cell_type != "code":
-                continue
-            code = "\n".join(line for line in cell.source.splitlines()
-                             if not line.lstrip().startswith(("%", "!")))
-            for node in ast.walk(ast.parse(code)):
-                if isinstance(node, ast.Import):
-                    names |= {a.name for a in node.names}
-                elif isinstance(node, ast.ImportFrom) and node.module:
-                    names.add(node.module)
-    return sorted(names)
+        sources += ["\n".join(line for line in cell.source.splitlines()
+                              if not line.lstrip().startswith(("%", "!")))
+                    for cell in nbformat.read(path, as_version=4).cells
+                    if cell.cell_type == "code"]
+    names = set()
+    for code in sources:
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module)
+    local = {p.stem for p in (ROOT / "notebooks").glob("*.py")}
+    return sorted(n for n in names if n.split(".")[0] not in local)
 
 
 def run(args, cwd) -> subprocess.CompletedProcess:
