@@ -312,6 +312,21 @@ def sizes_of_weights(arrays) -> tuple[int, int, int]:
     return int(latent), int(hidden), int(input_dim)
 
 
+def homework_variables(model: VAE) -> dict[str, tf.Variable]:
+    """The variables of a reference ``VAE`` of the homework's form (one hidden layer,
+    Gaussian likelihood with a scalar sigma^2) by the names of ``homework_weight_shapes``."""
+    variables = {}
+    for net in (model.encoder, model.decoder):
+        if len(net.layers) != 2:
+            raise ValueError(f"the homework VAE has one hidden layer per network; the "
+                             f"{net.name} has {len(net.layers) - 1}")
+        for part, layer in zip(("hidden", "output"), net.layers, strict=True):
+            variables[f"{net.name}/{part}/kernel"] = layer.w
+            variables[f"{net.name}/{part}/bias"] = layer.b
+    variables["likelihood/rho"] = model.likelihood.raw_variance
+    return variables
+
+
 def from_homework_weights(arrays) -> VAE:
     """The reference ``VAE`` (Gaussian likelihood, scalar sigma^2, normal prior and
     posterior) holding the named arrays of ``homework_weight_shapes``.
@@ -322,11 +337,6 @@ def from_homework_weights(arrays) -> VAE:
     """
     latent, hidden, input_dim = sizes_of_weights(arrays)
     model = VAE(latent_dim=latent, hidden_units=hidden, input_dim=input_dim)
-    pairs = [("encoder", 0, "hidden"), ("encoder", 1, "output"),
-             ("decoder", 0, "hidden"), ("decoder", 1, "output")]
-    for net, index, part in pairs:
-        layer = getattr(model, net).layers[index]
-        layer.w.assign(np.asarray(arrays[f"{net}/{part}/kernel"], np.float32))
-        layer.b.assign(np.asarray(arrays[f"{net}/{part}/bias"], np.float32))
-    model.likelihood.raw_variance.assign(np.asarray(arrays["likelihood/rho"], np.float32))
+    for name, variable in homework_variables(model).items():
+        variable.assign(np.asarray(arrays[name], np.float32))
     return model

@@ -12,21 +12,33 @@ from vae_helpers.course.checking import Failed, as_array, call, close, images, r
 
 
 # ------------------------------------------------------------------------------- 2a
-def _weights(vae, shapes) -> dict:
+def _weights(vae, latent_dim: int, hidden_units: int) -> dict:
+    """``vae.weights()``, checked against ``homework_weight_shapes(latent_dim, hidden_units)``."""
+    from vae_helpers.model import sizes_of_weights
+
     weights = call(vae.weights)
     if not isinstance(weights, dict):
         raise Failed(f"weights() must return a dict of named variables, got "
-                      f"{type(weights).__name__}")
-    missing, unknown = sorted(set(shapes) - set(weights)), sorted(set(weights) - set(shapes))
-    if missing or unknown:
-        raise Failed("weights() must have exactly the names of weight_shapes: "
-                      + "; ".join(t for t in (missing and f"missing {', '.join(missing)}",
-                                              unknown and f"unknown {', '.join(unknown)}") if t))
-    for name, shape in shapes.items():
-        if tuple(weights[name].shape) != tuple(shape):
-            raise Failed(f"weights()[{name!r}] has shape {list(weights[name].shape)}, "
-                          f"expected {list(shape)}")
+                     f"{type(weights).__name__}")
+    try:
+        sizes = sizes_of_weights(weights)
+    except ValueError as err:
+        raise Failed(f"weights(): {err}") from None
+    if sizes != (latent_dim, hidden_units, 784):
+        raise Failed(f"weights() are those of a network with P = {sizes[0]}, H = {sizes[1]} "
+                     f"and D = {sizes[2]}, expected P = {latent_dim}, H = {hidden_units} "
+                     "and D = 784")
     return weights
+
+
+def _reference_terms(reference, x, eps):
+    """The reference VAE's ``(log p(x|z), KL(q(z|x) || p(z)))`` at ``z`` from the noise ``eps``."""
+    from vae_helpers.backend import tfd
+    from vae_helpers.distributions import sample_from_noise
+
+    q = reference.infer(x)
+    log_lik = reference.generate(sample_from_noise(q, eps)).log_prob(x)
+    return log_lik, tfd.kl_divergence(q, reference.prior_distribution())
 
 
 def _distribution(value, what: str, mean_shape):
@@ -53,9 +65,8 @@ def check_vae(vae_class: type, latent_dim: int = 2, hidden_units: int = 512) -> 
         if any(c.__module__.startswith("vae_helpers") for c in inspect.getmro(vae_class)):
             raise Failed("the VAE class comes from (or builds on) vae_helpers: write it "
                           "yourself with TensorFlow and TFP")
-        shapes = reference_model.homework_weight_shapes(latent_dim, hidden_units)
         vae = call(vae_class, latent_dim=latent_dim, hidden_units=hidden_units, seed=0)
-        weights = _weights(vae, shapes)
+        weights = _weights(vae, latent_dim, hidden_units)
         trainable = {id(v) for v in vae.trainable_variables}
         if {id(v) for v in weights.values()} != trainable:
             raise Failed("weights() and vae.trainable_variables must hold the same variables "
@@ -76,12 +87,13 @@ def check_vae(vae_class: type, latent_dim: int = 2, hidden_units: int = 512) -> 
         x = images(rng, 8)
         eps = rng.normal(size=(8, latent_dim)).astype(np.float32)
         q = call(vae.infer, x)
-        _distribution(q, "infer(x)", (8, latent_dim))
+        q_mean, q_variance = _distribution(q, "infer(x)", (8, latent_dim))
         if q.reparameterization_type != tfd.FULLY_REPARAMETERIZED:
             raise Failed("infer(x) must be a reparameterized distribution")
         z = rng.normal(size=(3, 8, latent_dim)).astype(np.float32)
-        mean, _ = _distribution(call(vae.generate, z), "generate(z)", (3, 8, 784))
-        if mean.min() < 0 or mean.max() > 1:
+        p = call(vae.generate, z)
+        p_mean, p_variance = _distribution(p, "generate(z)", (3, 8, 784))
+        if p_mean.min() < 0 or p_mean.max() > 1:
             raise Failed("generate(z).mean() leaves [0, 1]: the decoder's mean is a sigmoid")
         # the variances stay non-negative whatever the networks output
         saved = {name: v.numpy() for name, v in weights.items()}
@@ -102,23 +114,23 @@ def check_vae(vae_class: type, latent_dim: int = 2, hidden_units: int = 512) -> 
         # the reference VAE with the same weights
         reference = reference_model.from_homework_weights(saved)
         q_ref = reference.infer(x)
-        q_mean, q_variance = _distribution(q, "infer(x)", (8, latent_dim))
         if not (close(q_mean, q_ref.mean().numpy(), 1e-4, 1e-6)
                 and close(q_variance, q_ref.variance().numpy(), 1e-4, 1e-9)):
             raise Failed("q(z|x) differs from the reference with your weights: the encoder's "
                           "first P outputs are the means, the last P the rho of "
                           "posterior_variance(rho)")
-        p = call(vae.generate, z)
         p_ref = reference.generate(z)
-        if not (close(p.mean().numpy(), p_ref.mean().numpy(), 1e-4, 1e-6)
-                and close(p.variance().numpy(), p_ref.variance().numpy(), 1e-4, 1e-9)):
+        if not (close(p_mean, p_ref.mean().numpy(), 1e-4, 1e-6)
+                and close(p_variance, p_ref.variance().numpy(), 1e-4, 1e-9)):
             raise Failed("p(x|z) differs from the reference with your weights: mean "
                           "sigmoid(decoder), variance likelihood_variance(rho)")
-        from vae_helpers.distributions import sample_from_noise
-
-        z_ref = sample_from_noise(q_ref, eps)
-        log_lik_ref = reference.generate(z_ref).log_prob(x).numpy()
-        kl_ref = tfd.kl_divergence(q_ref, reference.prior_distribution()).numpy()
+        ref_variables = reference_model.homework_variables(reference)
+        with tf.GradientTape() as tape:
+            log_lik_ref, kl_ref = _reference_terms(reference, x, eps)
+            total_ref = tf.reduce_sum(log_lik_ref - kl_ref)
+        by_ref = dict(zip(ref_variables, tape.gradient(total_ref, list(ref_variables.values())),
+                          strict=True))
+        log_lik_ref, kl_ref = log_lik_ref.numpy(), kl_ref.numpy()
         terms = call(vae.elbo_terms, x, eps)
         if not isinstance(terms, (tuple, list)) or len(terms) != 2:
             raise Failed("elbo_terms must return the pair (log_likelihood, kl)")
@@ -132,33 +144,17 @@ def check_vae(vae_class: type, latent_dim: int = 2, hidden_units: int = 512) -> 
         elbo = as_array(call(vae.compute_elbo, x, eps), "compute_elbo(x, eps)", (8,))
         if not close(elbo, log_lik_ref - kl_ref, 1e-4, 1e-2):
             raise Failed("compute_elbo(x, eps) is not log p(x|z) - KL for the same ε")
-        variables = [weights[n] for n in shapes]
+        names = list(weights)
         with tf.GradientTape() as tape:
             total = tf.reduce_sum(vae.compute_elbo(x, eps))
-        grads = tape.gradient(total, variables)
-        ref_variables = reference.trainable_variables
-        with tf.GradientTape() as tape:
-            q_ref = reference.infer(x)
-            total_ref = tf.reduce_sum(
-                reference.generate(sample_from_noise(q_ref, eps)).log_prob(x)
-                - tfd.kl_divergence(q_ref, reference.prior_distribution()))
-        by_ref = dict(zip((v.ref() for v in ref_variables),
-                          tape.gradient(total_ref, ref_variables), strict=True))
-        layers = {"encoder/hidden": reference.encoder.layers[0],
-                  "encoder/output": reference.encoder.layers[1],
-                  "decoder/hidden": reference.decoder.layers[0],
-                  "decoder/output": reference.decoder.layers[1]}
-        for name, grad in zip(shapes, grads, strict=True):
-            if name == "likelihood/rho":
-                expected = by_ref[reference.likelihood.raw_variance.ref()]
-            else:
-                layer = layers[name.rsplit("/", 1)[0]]
-                expected = by_ref[(layer.w if name.endswith("kernel") else layer.b).ref()]
-            if grad is None or not close(grad.numpy(), expected.numpy(), 2e-3,
-                                          2e-3 * float(np.abs(expected.numpy()).max()) + 1e-6):
+        for name, grad in zip(names, tape.gradient(total, [weights[n] for n in names]),
+                              strict=True):
+            expected = by_ref[name].numpy()
+            if grad is None or not close(grad.numpy(), expected, 2e-3,
+                                         2e-3 * float(np.abs(expected).max()) + 1e-6):
                 raise Failed(f"the ELBO's gradient with respect to {name} differs from the "
-                              "reference's: does z = μ + σ ε carry gradients (no "
-                              "tf.stop_gradient)?")
+                             "reference's: does z = μ + σ ε carry gradients (no "
+                             "tf.stop_gradient)?")
         draws = [as_array(call(vae.compute_elbo, x), "compute_elbo(x)", (8,)) for _ in range(2)]
         if np.array_equal(*draws):
             raise Failed("compute_elbo(x) without eps gave the same values twice: draw new "
@@ -174,8 +170,7 @@ def check_train_step(make_train_step: Callable, vae_class: type, steps: int = 30
     """2b: a compiled step that raises the ELBO (measured by the reference VAE)."""
     def body():
         from vae_helpers import model as reference_model
-        from vae_helpers.backend import tf, tfd
-        from vae_helpers.distributions import sample_from_noise
+        from vae_helpers.backend import tf
 
         rng = np.random.default_rng(106)
         x = images(rng, 128)
@@ -184,9 +179,7 @@ def check_train_step(make_train_step: Callable, vae_class: type, steps: int = 30
         def elbo_now(vae):
             reference = reference_model.from_homework_weights(
                 {n: v.numpy() for n, v in call(vae.weights).items()})
-            q = reference.infer(x)
-            log_lik = reference.generate(sample_from_noise(q, eps)).log_prob(x)
-            kl = tfd.kl_divergence(q, reference.prior_distribution())
+            log_lik, kl = _reference_terms(reference, x, eps)
             return float(tf.reduce_mean(log_lik) - tf.reduce_mean(kl))
 
         vae = call(vae_class, seed=1)

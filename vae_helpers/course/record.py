@@ -170,8 +170,6 @@ def weights(arrays, name: str = WEIGHTS_NAME) -> Path:
     """
     import numpy as np
 
-    from vae_helpers.model import sizes_of_weights
-
     check_name(name)
     if not isinstance(arrays, Mapping):
         raise RecordError(f"{name}: record.weights needs a dict of named arrays (the VAE's "
@@ -179,12 +177,9 @@ def weights(arrays, name: str = WEIGHTS_NAME) -> Path:
     try:
         values = {str(k): np.asarray(getattr(v, "numpy", lambda v=v: v)(), np.float32)
                   for k, v in arrays.items()}
-        latent, hidden, input_dim = sizes_of_weights(values)
     except (TypeError, ValueError) as err:
         raise RecordError(f"{name}: {err}") from None
-    bad = [k for k, v in values.items() if not np.all(np.isfinite(v))]
-    if bad:
-        raise RecordError(f"{name}: {', '.join(sorted(bad))} holds NaN or infinite values")
+    latent, hidden, input_dim = check_weights(name, values)
     buffer = _io.BytesIO()
     np.savez(buffer, **values)
     if buffer.tell() > MAX_WEIGHTS_BYTES:
@@ -207,8 +202,6 @@ def read_weights(run_dir=None, name: str = WEIGHTS_NAME) -> dict:
 
     import numpy as np
 
-    from vae_helpers.model import sizes_of_weights
-
     base = Path(os.environ[RECORD_DIR_ENV]) if os.environ.get(RECORD_DIR_ENV) else (
         Path(run_dir) if run_dir is not None else record_dir())
     path = base / FILES_DIR / f"{check_name(name)}.npz"
@@ -218,7 +211,7 @@ def read_weights(run_dir=None, name: str = WEIGHTS_NAME) -> dict:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}
-        sizes_of_weights(arrays)
+        check_weights(name, arrays)
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise RecordError(f"{path} is not a weights file that record.weights wrote "
                           f"({err})") from None
@@ -351,6 +344,32 @@ def check_array(name: str, values) -> None:
                           f"at most 4 dimensions and {MAX_ARRAY_BYTES:,} bytes")
     if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
         raise RecordError(f"{name}: the array holds NaN or infinite values")
+
+
+def check_weights(name: str, arrays) -> tuple[int, int, int]:
+    """``(latent_dim, hidden_units, input_dim)`` of named homework weights, after checking
+    the names and shapes (``vae_helpers.model.sizes_of_weights``) and that every array is
+    finite float32.
+
+    Raises:
+        RecordError: the first problem found.
+    """
+    import numpy as np
+
+    from vae_helpers.model import sizes_of_weights
+
+    try:
+        sizes = sizes_of_weights(arrays)
+    except ValueError as err:
+        raise RecordError(f"{name}: {err}") from None
+    arrays = {k: np.asarray(v) for k, v in arrays.items()}
+    wrong = sorted(k for k, v in arrays.items() if v.dtype != np.float32)
+    if wrong:
+        raise RecordError(f"{name}: {', '.join(wrong)} must be float32")
+    bad = sorted(k for k, v in arrays.items() if not np.all(np.isfinite(v)))
+    if bad:
+        raise RecordError(f"{name}: {', '.join(bad)} holds NaN or infinite values")
+    return sizes
 
 
 def _short(value) -> str:

@@ -146,14 +146,10 @@ def _check_entry(directory: Path, name: str, entry, budget: list) -> dict:
     if kind == "weights":
         import numpy as np
 
-        from vae_helpers.model import sizes_of_weights
-
         data = _read_file(directory, name, ".npz", record.MAX_WEIGHTS_BYTES + 4096, budget)
         with np.load(_io.BytesIO(data), allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-        latent, hidden, input_dim = sizes_of_weights(arrays)
-        if not all(a.dtype == np.float32 and np.all(np.isfinite(a)) for a in arrays.values()):
-            raise RecordError("the weights must be finite float32 arrays")
+        latent, hidden, input_dim = record.check_weights(name, arrays)
         return {"kind": kind, "arrays": arrays, "latent_dim": latent,
                 "hidden_units": hidden, "input_dim": input_dim}
     raise RecordError(f"unknown kind {str(kind)[:40]!r} (metric, figure, array, spec, history, "
