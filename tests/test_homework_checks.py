@@ -218,3 +218,14 @@ def test_a_class_of_the_wrong_type_or_shape_fails_with_what_was_expected(old, ne
     assert not checks.check_vae(module.VAE)
     printed = capsys.readouterr().out
     assert printed.startswith(expected) and printed.count("\n") == 1, printed
+
+
+def test_a_reparameterized_sample_outside_tensorflow_is_one_fail_line(tmp_path, capsys):
+    module = load(SOURCE.replace("    return mu + tf.sqrt(variance) * eps\n",
+                                 "    return np.asarray(mu + tf.sqrt(variance) * eps)\n"),
+                  tmp_path)
+    assert not checks.check_reparameterization(module.reparameterize,
+                                               module.reparameterization_gradient)
+    printed = capsys.readouterr().out
+    assert printed == ("FAIL  1d: reparameterize returned a ndarray: return a TensorFlow "
+                       "tensor computed from mu and variance, so that gradients flow\n")

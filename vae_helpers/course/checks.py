@@ -239,9 +239,11 @@ def check_reparameterization(reparameterize: Callable,
             reference = _reference_z(mu, variance, eps)
             total_ref = tf.reduce_sum(reference * [1.0, 3.0])
             total_z3 = tf.reduce_sum(z * [1.0, 3.0]) if tf.is_tensor(z) else None
-        as_array(z, "reparameterize's z", (6, 2))
-        if not close(z.numpy(), reference.numpy(), 1e-9, 1e-9):
+        if not close(as_array(z, "reparameterize's z", (6, 2)), reference.numpy(), 1e-9, 1e-9):
             raise Failed("reparameterize's z is not μ + σ ε for the ε given")
+        if total_z3 is None:
+            raise Failed(f"reparameterize returned a {type(z).__name__}: return a TensorFlow "
+                         "tensor computed from mu and variance, so that gradients flow")
         grads = tape.gradient(total_z3, [mu, variance])
         if any(g is None for g in grads) or not np.any(grads[0].numpy()):
             raise Failed("no gradient flows from z back to μ and σ²: compute z from them "
