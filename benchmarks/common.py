@@ -1,11 +1,14 @@
-"""What the three benchmark scripts share: the machine, its load, notes, and their inputs.
+"""What the benchmark scripts share: the machine, its load, notes, their inputs and output.
 
 ``CpuMeter`` measures how much of the CPUs other processes used while a measurement
 ran; ``machine_description`` names the machine and the library versions;
 ``load_average``, ``note``, ``fmt`` and ``percent`` format what the scripts print;
-``load_mnist_or_say_why`` and ``json_unwritable`` check their inputs and output path
-before minutes of measuring. The scripts run as ``python benchmarks/NAME.py``, so this
-folder is on ``sys.path`` and they ``import common``.
+``load_mnist_or_say_why`` and ``json_unwritable`` (together ``inputs_or_say_why``)
+check their inputs and output path before minutes of measuring; ``write_results``
+prints the table and writes the JSON; ``load_student_module`` imports the homework's
+solution (``notebooks/vae_homework.py``, not part of the package). The scripts run as
+``python benchmarks/NAME.py``, so this folder is on ``sys.path`` and they
+``import common``.
 """
 
 from __future__ import annotations
@@ -145,6 +148,39 @@ def json_unwritable(path: Path) -> str | None:
     except OSError as err:
         return f"cannot write --json {path}: {err.strerror or err}"
     return None
+
+
+def inputs_or_say_why(json_path: Path):
+    """MNIST as ``load_mnist_or_say_why`` returns it once ``json_path`` is known to be
+    writable; ``None`` after printing on stderr why one of them is not usable."""
+    mnist = load_mnist_or_say_why()
+    if mnist is None:
+        return None
+    problem = json_unwritable(json_path)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return None
+    return mnist
+
+
+def write_results(results: dict, table: str, path: Path) -> None:
+    """Print ``table``, write ``results`` as JSON to ``path`` and say where."""
+    from vae_helpers import io
+
+    print(table)
+    io.write_json(path, results)
+    print(f"Results written to {path}")
+
+
+def load_student_module():
+    """``notebooks/vae_homework.py``, the homework's solution, imported from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "notebooks" / "vae_homework.py"
+    spec = importlib.util.spec_from_file_location("vae_homework", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def noise_note(cpus) -> list[str]:

@@ -55,13 +55,13 @@ from pathlib import Path
 import numpy as np
 from common import (
     CpuMeter,
-    json_unwritable,
+    inputs_or_say_why,
     load_average,
-    load_mnist_or_say_why,
     machine_description,
     noise_note,
     note,
     others,
+    write_results,
 )
 
 from vae_helpers.argtypes import non_negative_int, positive_int, seed_int
@@ -265,18 +265,14 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     load_before = load_average()
 
-    from vae_helpers import evaluate, io
+    from vae_helpers import evaluate
     from vae_helpers.backend import tf, tfp
     from vae_helpers.runs import RunError
 
-    mnist = load_mnist_or_say_why()
+    mnist = inputs_or_say_why(args.json)
     if mnist is None:
         return 1
     (x_train, _), (x_test, _) = mnist
-    problem = json_unwritable(args.json)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
     try:
         model, origin = get_model(args, x_train)
     except RunError as err:
@@ -305,9 +301,7 @@ def main(argv=None) -> int:
     }
     results["load_average_after"] = load_average()
     results["script_seconds"] = time.perf_counter() - t_start
-    print(render(results))
-    io.write_json(args.json, results)
-    print(f"Results written to {args.json}")
+    write_results(results, render(results), args.json)
     return 0
 
 

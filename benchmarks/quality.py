@@ -52,7 +52,14 @@ import sys
 import time
 from pathlib import Path
 
-from common import CpuMeter, fmt, json_unwritable, machine_description, percent
+from common import (
+    CpuMeter,
+    fmt,
+    json_unwritable,
+    machine_description,
+    percent,
+    write_results,
+)
 from quality_presets import (
     BUDGET_MARGIN,
     BUDGET_SECONDS,
@@ -416,7 +423,6 @@ def main(argv=None) -> int:
               and args.budget_minutes * 60 != preset["budget_seconds"])
     out, json_path = default_paths(args, shrunk)
 
-    from vae_helpers import io
     from vae_helpers.backend import tf, tfp
     from vae_helpers.data import DataError
     from vae_helpers.outdirs import RunLocked
@@ -472,9 +478,7 @@ def main(argv=None) -> int:
         "machine": machine_description(tf, tfp),
         "mnist": os.environ.get("VAE_MNIST"),
     }
-    print(render(results))
-    io.write_json(json_path, results)
-    print(f"Results written to {json_path}")
+    write_results(results, render(results), json_path)
     return 0
 
 

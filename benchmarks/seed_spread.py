@@ -19,7 +19,6 @@ measurement a tolerance for grading should rest on. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -27,11 +26,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import json_unwritable, load_mnist_or_say_why, machine_description, note
+from common import (
+    inputs_or_say_why,
+    load_student_module,
+    machine_description,
+    note,
+    write_results,
+)
 
 from vae_helpers.argtypes import non_negative_int, positive_int, positive_int_list
 
-MODULE = Path(__file__).resolve().parent.parent / "notebooks" / "vae_homework.py"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "seed_spread.json"
 REFERENCE = {"test_elbo": 142.39, "iwae_log_likelihood": 156.66, "iwae_k": 1000}
 RUBRIC_TOLERANCE = 3.0
@@ -53,14 +57,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to write the results as JSON; its folder is created "
                              "(default: benchmarks/results/seed_spread.json)")
     return parser.parse_args(argv)
-
-
-def load_student_module():
-    """The solution module, imported from its file (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("vae_homework", MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def train_and_evaluate(module, x_train, x_test, seed: int, epochs: int, iwae_k: int) -> dict:
@@ -112,17 +108,12 @@ def render(results: dict) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
-    from vae_helpers import io
     from vae_helpers.backend import tf, tfp
 
-    mnist = load_mnist_or_say_why()
+    mnist = inputs_or_say_why(args.json)
     if mnist is None:
         return 1
     (x_train, _), (x_test, _) = mnist
-    problem = json_unwritable(args.json)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
     module = load_student_module()
     runs = []
     for seed in args.seeds:
@@ -140,9 +131,7 @@ def main(argv=None) -> int:
         "rubric_tolerance": RUBRIC_TOLERANCE,
         "script_seconds": time.perf_counter() - start,
     }
-    print(render(results))
-    io.write_json(args.json, results)
-    print(f"Results written to {args.json}")
+    write_results(results, render(results), args.json)
     return 0
 
 

@@ -23,7 +23,6 @@ asserted: the numbers are printed and written as JSON.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -33,20 +32,20 @@ from pathlib import Path
 
 from common import (
     CpuMeter,
-    json_unwritable,
+    inputs_or_say_why,
     load_average,
-    load_mnist_or_say_why,
+    load_student_module,
     machine_description,
     noise_note,
     note,
     others,
+    write_results,
 )
 
 from vae_helpers.argtypes import positive_int
 
 BATCH = 128
 TARGET_RATIO = 0.5
-MODULE = Path(__file__).resolve().parent.parent / "notebooks" / "vae_homework.py"
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "student_step.json"
 
 
@@ -63,14 +62,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="where to write the results as JSON; its folder is created "
                              "(default: benchmarks/results/student_step.json)")
     return parser.parse_args(argv)
-
-
-def load_student_module():
-    """The solution module, imported from its file (it is not part of the package)."""
-    spec = importlib.util.spec_from_file_location("vae_homework", MODULE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def summarize(seconds: list[float], n_train: int) -> dict:
@@ -121,17 +112,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     start = time.perf_counter()
     load_before = load_average()
-    from vae_helpers import io
     from vae_helpers.backend import tf, tfp
 
-    mnist = load_mnist_or_say_why()
+    mnist = inputs_or_say_why(args.json)
     if mnist is None:
         return 1
     (x_train, _), _ = mnist
-    problem = json_unwritable(args.json)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
     module = load_student_module()
     measured = {}
     for key, run in (("fit", lambda: measure_fit(x_train, args.epochs)),
@@ -152,9 +138,7 @@ def main(argv=None) -> int:
         "load_average_after": load_average(),
         "script_seconds": time.perf_counter() - start,
     }
-    print(render(results))
-    io.write_json(args.json, results)
-    print(f"Results written to {args.json}")
+    write_results(results, render(results), args.json)
     return 0
 
 

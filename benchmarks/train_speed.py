@@ -86,13 +86,13 @@ from pathlib import Path
 import numpy as np
 from common import (
     CpuMeter,
-    json_unwritable,
+    inputs_or_say_why,
     load_average,
-    load_mnist_or_say_why,
     machine_description,
     noise_note,
     note,
     others,
+    write_results,
 )
 from matmul_limit import MatmulBenchmark, matmuls_per_image, network_dims, summarize_matmul
 
@@ -315,18 +315,13 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     load_before = load_average()
 
-    from vae_helpers import io
     from vae_helpers.backend import tf, tfp
     from vae_helpers.model import VAE
 
-    mnist = load_mnist_or_say_why()
+    mnist = inputs_or_say_why(args.json)
     if mnist is None:
         return 1
     (x_train, _), _ = mnist
-    problem = json_unwritable(args.json)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
-        return 1
 
     dims = network_dims(VAE(seed=0))
     products = matmuls_per_image(dims)
@@ -381,10 +376,7 @@ def main(argv=None) -> int:
     }
     results["load_average_after"] = load_average()
     results["script_seconds"] = time.perf_counter() - t_start
-    print(render(results))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    io.write_json(args.json, results)
-    print(f"Results written to {args.json}")
+    write_results(results, render(results), args.json)
     return 0
 
 
