@@ -153,7 +153,7 @@ def test_pip_install_brings_what_the_course_imports_and_only_the_grading_extra_b
     imports, dask among them."""
     from importlib.metadata import packages_distributions
 
-    import nbformat
+    from vae_helpers.course.checks import notebook_python
 
     project = pyproject()["project"]
     base = installed_closure(project["dependencies"])
@@ -163,11 +163,8 @@ def test_pip_install_brings_what_the_course_imports_and_only_the_grading_extra_b
               for module, dists in packages_distributions().items()}
     package = ROOT / "vae_helpers"
     course = [p.read_text() for p in [*package.glob("*.py"), *(package / "course").glob("*.py")]]
-    cells = [c.source for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))
-             for c in nbformat.read(nb, as_version=4).cells if c.cell_type == "code"]
     course += [p.read_text() for p in (ROOT / "notebooks").glob("*.py")]
-    cells = ["\n".join(line for line in cell.splitlines()
-                       if not line.lstrip().startswith(("%", "!"))) for cell in cells]
+    cells = [notebook_python(nb) for nb in sorted((ROOT / "notebooks").glob("*.ipynb"))]
     for module in sorted(third_party_imports(course + cells)):
         assert owners.get(module, set()) & base, f"pip install . lacks {module}"
     assert {"dask", "distributed"}.isdisjoint(base), "dask belongs to the grading extra only"

@@ -22,17 +22,9 @@ def handout(tmp_path, name: str) -> Path:
     return tmp_path / f"{name}.ipynb"
 
 
-def code(path: Path) -> str:
-    """The Python of a notebook's code cells (IPython's % and ! lines left out)."""
-    nb = nbformat.read(path, as_version=4)
-    return "\n".join(line for c in nb.cells if c.cell_type == "code"
-                     for line in c.source.splitlines()
-                     if not line.lstrip().startswith(("%", "!")))
-
-
 @pytest.mark.parametrize("name", student.ON_THE_KIT)
 def test_a_handout_imports_only_the_student_kit(name, tmp_path):
-    assert checks.kit_violations(code(handout(tmp_path, name))) == []
+    assert checks.kit_violations(checks.notebook_python(handout(tmp_path, name))) == []
     module = (tmp_path / student.STUDENT_MODULE).read_text(encoding="utf-8")
     assert checks.kit_violations(module) == []
 

@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -47,12 +46,10 @@ def notebook_imports() -> list[str]:
     (the student module itself is a file next to the notebooks, not installed)."""
     import ast
 
+    from vae_helpers.course.checks import notebook_python
+
     sources = [p.read_text(encoding="utf-8") for p in sorted((ROOT / "notebooks").glob("*.py"))]
-    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
-        sources += ["\n".join(line for line in cell.source.splitlines()
-                              if not line.lstrip().startswith(("%", "!")))
-                    for cell in nbformat.read(path, as_version=4).cells
-                    if cell.cell_type == "code"]
+    sources += [notebook_python(path) for path in sorted((ROOT / "notebooks").glob("*.ipynb"))]
     names = set()
     for code in sources:
         for node in ast.walk(ast.parse(code)):

@@ -32,9 +32,9 @@ import numpy as np
 from vae_helpers.course.checking import Failed, as_array, call, close, run
 from vae_helpers.course.model_checks import check_train_step, check_vae
 
-__all__ = ["KIT", "kit_violations", "check_kit", "check_minibatch_elbo", "check_gaussian_grads",
-           "check_gaussian_kl", "check_reparameterization", "check_vae", "check_train_step",
-           "check_laplace", "check_all"]
+__all__ = ["KIT", "notebook_python", "kit_violations", "check_kit", "check_minibatch_elbo",
+           "check_gaussian_grads", "check_gaussian_kl", "check_reparameterization", "check_vae",
+           "check_train_step", "check_laplace", "check_all"]
 
 KIT = (
     "vae_helpers.data",
@@ -54,6 +54,17 @@ _KIT_PACKAGES = ("vae_helpers", "vae_helpers.course")  # importable for their ki
 
 
 # ------------------------------------------------------------------------------- the kit
+def notebook_python(path) -> str:
+    """The Python of a notebook's code cells, IPython's ``%`` and ``!`` lines left out
+    (what ``kit_violations`` and other import scans read)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    return "\n".join(line for cell in nb.cells if cell.cell_type == "code"
+                     for line in cell.source.splitlines()
+                     if not line.lstrip().startswith(("%", "!")))
+
+
 def kit_violations(source: str) -> list[str]:
     """The package modules that ``source`` imports outside the kit, in order."""
     found = []
