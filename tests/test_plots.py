@@ -125,6 +125,12 @@ def test_plot_learning_curves_draws_train_and_test_and_skips_missing_test_values
     no_test = [{**r, "test_elbo": None, "test_reconstruction": None, "test_kl": None}
                for r in rows]
     assert [len(ax.lines) for ax in plots.plot_learning_curves(no_test).axes] == [1, 1, 1]
+    # a loop that records only the ELBO (the student interface's train) gets one panel
+    elbo_only = [dict(epoch=e, train_elbo=-100.0 + e, test_elbo=-101.0 + e, seconds=1.0)
+                 for e in (1, 2, 3)]
+    fig = plots.plot_learning_curves(elbo_only)
+    assert [ax.get_title() for ax in fig.axes] == ["ELBO (nats / image)"]
+    assert [len(ax.lines) for ax in fig.axes] == [2]
     with pytest.raises(ValueError, match="no epochs"):
         plots.plot_learning_curves([])
 

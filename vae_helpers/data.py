@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from vae_helpers.backend import tf
-from vae_helpers.seeding import SALT_TEST_BINARIZATION, stateless_seed
+from vae_helpers.seeding import SALT_EVAL, SALT_TEST_BINARIZATION, stateless_seed
 
 ENV_VAR = "VAE_MNIST"
 KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -312,6 +312,28 @@ def binarize(pixels: Any, seed: Any) -> tf.Tensor:
 def binarized_test_set(x_test: Any, seed: Any = 0) -> tf.Tensor:
     """One fixed binarization of the test images (``seed`` salted for this purpose)."""
     return binarize(x_test, stateless_seed(seed, SALT_TEST_BINARIZATION))
+
+
+TEST_SEED = 0
+"""The seed of the one fixed transform of the test images (``test_set``)."""
+
+
+def test_set(pixels: Any, variant: str = "dequantized", seed: int = TEST_SEED) -> tf.Tensor:
+    """The test images as every evaluation sees them: ``[N, D]`` float32.
+
+    uint8 pixels (any shape ``[N, ...]``) are transformed once into ``variant`` with
+    noise fixed by ``seed`` (binarized: ``binarized_test_set``), so that every run, every
+    notebook and the grader measure the same data; float input is used as given.
+    """
+    if isinstance(pixels, tf.Tensor) and pixels.dtype == tf.float32:
+        return tf.reshape(pixels, [tf.shape(pixels)[0], -1])
+    x = np.asarray(pixels)
+    x = x.reshape(x.shape[0], -1)
+    if x.dtype != np.uint8:
+        return tf.constant(x, tf.float32)
+    if variant == "binarized":
+        return tf.reshape(binarized_test_set(x, seed=seed), [x.shape[0], -1])
+    return tf.reshape(prepare(x, variant, stateless_seed(seed, SALT_EVAL)), [x.shape[0], -1])
 
 
 def prepare(pixels: Any, variant: str, seed: Any = None) -> tf.Tensor:

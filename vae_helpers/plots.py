@@ -215,11 +215,13 @@ def plot_contingency(table, title: str | None = None, ax=None, row_label: str = 
 
 
 def plot_learning_curves(history, title: str | None = None):
-    """Train and test ELBO, reconstruction and KL per epoch (three panels).
+    """Train and test ELBO, reconstruction and KL per epoch: one panel per quantity the
+    history has (the ELBO always; a loop that records only the ELBO gets one panel).
 
     Args:
         history: a ``training.History``, or its rows (dicts with ``epoch``, ``train_elbo``,
-            ``test_elbo``, ``train_reconstruction``, ... as in ``history.csv``).
+            and optionally ``test_elbo``, ``train_reconstruction``, ... as in
+            ``history.csv``; missing or ``None`` values are not drawn).
     """
     rows = getattr(history, "rows", history)
     if not rows:
@@ -229,10 +231,14 @@ def plot_learning_curves(history, title: str | None = None):
     def column(name):
         return np.array([np.nan if r.get(name) is None else r[name] for r in rows], float)
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, label) in zip(axes, [("elbo", "ELBO (nats / image)"),
-                                       ("reconstruction", "E_q[log p(x|z)] (nats)"),
-                                       ("kl", "KL(q(z|x) || p(z)) (nats)")], strict=True):
+    panels = [(key, label) for key, label in [("elbo", "ELBO (nats / image)"),
+                                              ("reconstruction", "E_q[log p(x|z)] (nats)"),
+                                              ("kl", "KL(q(z|x) || p(z)) (nats)")]
+              if key == "elbo" or any(np.isfinite(column(f"{part}_{key}")).any()
+                                      for part in ("train", "test"))]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13 * len(panels) / 3 + 0.6 * (
+        len(panels) == 1), 3.6), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
         ax.plot(epoch, column(f"train_{key}"), label="train", lw=1.5)
         test = column(f"test_{key}")
         if np.isfinite(test).any():
@@ -240,7 +246,7 @@ def plot_learning_curves(history, title: str | None = None):
         ax.set_xlabel("epoch")
         ax.set_title(label)
         ax.grid(alpha=0.3)
-    axes[0].legend()
+    axes[0][0].legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

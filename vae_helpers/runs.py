@@ -235,6 +235,68 @@ def train_run(out, settings: TrainingSettings | None = None, *, iwae_k: int = 50
         return metrics
 
 
+def adopt_weights(out, history=None, *, iwae_k: int = 5000, n_test: int | None = None,
+                  seed: int = 0, data_path=None, progress: bool = True,
+                  command: str | None = None) -> dict:
+    """Make the folder of a homework model trained by the student interface a run directory.
+
+    ``out/weights.npz`` holds the named float32 arrays the student module's training
+    loop saves (``vae_helpers.course.record.save_weights``). They are loaded into the
+    reference ``VAE`` (``model.from_homework_weights``, the interface's
+    parametrization of the variances), which is evaluated on the test set as
+    ``train_run`` evaluates its models; ``config.json``, a ``checkpoint/``,
+    ``history.csv`` (from ``history``, the loop's rows, if given) and ``metrics.json``
+    are written beside the weights, so ``load_model``, ``load_run`` and every reader of
+    run directories work on it.
+
+    Returns:
+        The metrics written to ``metrics.json``.
+
+    Raises:
+        RecordError: ``out/weights.npz`` is missing or not a homework weights file.
+        RunLocked: another process works in ``out``.
+    """
+    from vae_helpers.course import record
+    from vae_helpers.model import from_homework_weights
+
+    out = Path(out)
+    started = time.perf_counter()
+    model = from_homework_weights(record.load_weights(out / "weights.npz"))
+    source, rule = data_lib.locate_mnist(data_path)
+    _, (x_test, _) = data_lib.load_mnist(data_path)
+    x_test = x_test[:n_test] if n_test else x_test
+    rows = [dict(row) for row in history or []]
+    variant = model.likelihood.data_variant
+    with _locked(out):
+        config = {
+            "model": model.config,
+            "training": {"epochs": len(rows), "seed": seed, "optimizer": "adam",
+                         "n_test": int(len(x_test)), "iwae_k": iwae_k,
+                         "trained_by": "the student interface (weights.npz)"},
+            "data": {"variant": variant, "test_transform_seed": TEST_SEED,
+                     "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+                     "source": str(source) if source is not None else rule, "found_by": rule},
+            "versions": library_versions(),
+        }
+        _write(io.write_json, out / "config.json", config, "the run's configuration", out)
+        manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model),
+                                             str(out / "checkpoint"), max_to_keep=1)
+        _write(lambda path, _: manager.save(), out / "checkpoint", None, "the checkpoint", out)
+        if rows:
+            _write(io.write_csv, out / "history.csv", rows, "the training history", out)
+        metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
+        metrics.update(
+            data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+            epochs=len(rows), num_parameters=model.num_parameters,
+            final_train_elbo=rows[-1].get("train_elbo") if rows else None,
+            train_seconds=float(sum(r.get("seconds", 0.0) for r in rows)),
+            wall_seconds=time.perf_counter() - started,
+            versions=library_versions(), command=command or " ".join(sys.argv),
+        )
+        _write(io.write_json, out / "metrics.json", metrics, "the final metrics", out)
+        return metrics
+
+
 def _finished_metrics(out: Path, epochs: int, iwae_k: int, n_test: int) -> dict | None:
     """The stored metrics of a run that is complete as asked, else ``None``."""
     path = out / "metrics.json"

@@ -10,6 +10,9 @@ produced::
     record.history(history)                      # per-epoch train/test ELBO
     record.weights(vae.weights())                # a homework VAE's named float32 arrays
 
+(``save_weights`` and ``load_weights`` write and read such arrays as a plain file,
+outside the records: the student module's training loop keeps its copy that way.)
+
 Everything goes into ``<dir>/records.json`` plus files in ``<dir>/records/``
 (``NAME.png``, ``NAME.npy``); ``<dir>`` is ``$VAE_RECORD_DIR`` when it is set
 (the grader sets it, and it wins), else the directory given to ``set_run_dir``.
@@ -62,8 +65,9 @@ HOMEWORK_RECORDS = {
     "latent_scatter": "figure: the test set's latent means, coloured by digit label",
     "manifold_20x20": "figure: decoded codes on a 20×20 grid over the codes' range",
     "test_elbo": "metric: the test ELBO, nats per image",
-    "iwae_log_likelihood": "metric: the IWAE log-likelihood bound, nats per image (detail k)",
-    SPEC_NAME: "spec: latent size, hidden units, activations, likelihood, prior, parameters",
+    "iwae_log_likelihood": "metric: the IWAE log-likelihood bound, nats per image (detail k); "
+                           "the grader computes it from the weights",
+    WEIGHTS_NAME: "weights: the trained homework VAE's named float32 arrays (records/weights.npz)",
     HISTORY_NAME: "history: per-epoch train and test ELBO (the learning curves)",
     "latent_means": "array: the test set's latent means, [10000, 2]",
 }
@@ -160,6 +164,27 @@ def weight_shapes(latent_dim: int = 2, hidden_units: int = 512,
     return homework_weight_shapes(latent_dim, hidden_units, input_dim)
 
 
+def _weight_arrays(name: str, arrays) -> tuple[dict, bytes, tuple[int, int, int]]:
+    """Named arrays as checked float32 arrays, their ``.npz`` bytes and their sizes."""
+    import numpy as np
+
+    if not isinstance(arrays, Mapping):
+        raise RecordError(f"{name}: the weights must be a dict of named arrays (the VAE's "
+                          f"weights()), got {type(arrays).__name__}")
+    try:
+        values = {str(k): np.asarray(getattr(v, "numpy", lambda v=v: v)(), np.float32)
+                  for k, v in arrays.items()}
+    except (TypeError, ValueError) as err:
+        raise RecordError(f"{name}: {err}") from None
+    sizes = check_weights(name, values)
+    buffer = _io.BytesIO()
+    np.savez(buffer, **values)
+    if buffer.tell() > MAX_WEIGHTS_BYTES:
+        raise RecordError(f"{name}: {buffer.tell():,} bytes of weights, at most "
+                          f"{MAX_WEIGHTS_BYTES:,} allowed")
+    return values, buffer.getvalue(), sizes
+
+
 def weights(arrays, name: str = WEIGHTS_NAME) -> Path:
     """Record a trained homework VAE's weights: ``records/NAME.npz``, named float32 arrays.
 
@@ -168,27 +193,46 @@ def weights(arrays, name: str = WEIGHTS_NAME) -> Path:
     must be finite. The file holds plain arrays only (``allow_pickle=False``): the
     grader loads it without running any of the notebook's code. Returns the path.
     """
-    import numpy as np
-
     check_name(name)
-    if not isinstance(arrays, Mapping):
-        raise RecordError(f"{name}: record.weights needs a dict of named arrays (the VAE's "
-                          f"weights()), got {type(arrays).__name__}")
-    try:
-        values = {str(k): np.asarray(getattr(v, "numpy", lambda v=v: v)(), np.float32)
-                  for k, v in arrays.items()}
-    except (TypeError, ValueError) as err:
-        raise RecordError(f"{name}: {err}") from None
-    latent, hidden, input_dim = check_weights(name, values)
-    buffer = _io.BytesIO()
-    np.savez(buffer, **values)
-    if buffer.tell() > MAX_WEIGHTS_BYTES:
-        raise RecordError(f"{name}: {buffer.tell():,} bytes of weights, at most "
-                          f"{MAX_WEIGHTS_BYTES:,} allowed")
-    path = _write_file(name, ".npz", buffer.getvalue())
+    _, data, (latent, hidden, input_dim) = _weight_arrays(name, arrays)
+    path = _write_file(name, ".npz", data)
     _store(name, {"kind": "weights", "file": f"{FILES_DIR}/{name}.npz",
                   "latent_dim": latent, "hidden_units": hidden, "input_dim": input_dim})
     return path
+
+
+def save_weights(arrays, path) -> Path:
+    """Write named homework weights to the file ``path`` (``.npz``), checked as ``weights``
+    checks them, without recording them: a training loop's copy in its own folder,
+    which ``load_weights`` reads back in another notebook. Returns the path."""
+    _, data, _ = _weight_arrays(Path(path).name, arrays)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return io.atomic_write_bytes(Path(path), data)
+
+
+def load_weights(path) -> dict:
+    """The named arrays of a weights file (``save_weights``, or a recorded ``weights``),
+    checked as when they were written.
+
+    Raises:
+        RecordError: no file there, or a file that is not what ``save_weights`` writes.
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"{path} does not exist: train the model first (its training "
+                          "loop saves the weights after every epoch)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {k: archive[k] for k in archive.files}
+        check_weights(path.name, arrays)
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise RecordError(f"{path} is not a weights file that record.weights wrote "
+                          f"({err})") from None
+    return arrays
 
 
 def read_weights(run_dir=None, name: str = WEIGHTS_NAME) -> dict:
@@ -198,24 +242,9 @@ def read_weights(run_dir=None, name: str = WEIGHTS_NAME) -> dict:
     Raises:
         RecordError: no weights there, or a file that is not what ``weights`` writes.
     """
-    import zipfile
-
-    import numpy as np
-
     base = Path(os.environ[RECORD_DIR_ENV]) if os.environ.get(RECORD_DIR_ENV) else (
         Path(run_dir) if run_dir is not None else record_dir())
-    path = base / FILES_DIR / f"{check_name(name)}.npz"
-    if not path.is_file():
-        raise RecordError(f"{path} does not exist: train the model first (its training "
-                          "loop saves the weights after every epoch)")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {k: archive[k] for k in archive.files}
-        check_weights(name, arrays)
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise RecordError(f"{path} is not a weights file that record.weights wrote "
-                          f"({err})") from None
-    return arrays
+    return load_weights(base / FILES_DIR / f"{check_name(name)}.npz")
 
 
 def model_spec(model_or_dict, name: str = SPEC_NAME) -> dict:
@@ -243,6 +272,18 @@ def spec_of(model) -> dict:
         floors.append(getattr(model.likelihood, "min_variance", None))
     spec["nonnegative_variances"] = all(f is not None and f >= 0 for f in floors)
     return spec
+
+
+def weights_spec(latent_dim: int, hidden_units: int, input_dim: int = 784) -> dict:
+    """The spec of the homework weights' model: the sizes read from the arrays, and what
+    the student interface fixes (one hidden ReLU layer per network, a sigmoid mean, a
+    Gaussian likelihood with a learned scalar variance, the N(0, I) prior, variances made
+    non-negative by softplus plus a floor), as ``model.from_homework_weights`` loads them."""
+    p, h, d = int(latent_dim), int(hidden_units), int(input_dim)
+    return {"latent_dim": p, "hidden_units": [h], "hidden_activation": "relu",
+            "output_activation": "sigmoid", "likelihood": "gaussian", "prior": "normal",
+            "num_parameters": d * h + h + h * 2 * p + 2 * p + p * h + h + h * d + d + 1,
+            "nonnegative_variances": True}
 
 
 def history(rows, name: str = HISTORY_NAME) -> None:
