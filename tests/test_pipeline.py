@@ -216,6 +216,19 @@ def test_clean_notebook_removes_what_belongs_to_one_execution():
     assert clean.cells[1].outputs[0]["text"] == "100%\nnext\n"
 
 
+def test_clean_notebook_drops_stderr_made_only_of_text_progress_bars():
+    bars = ("epochs:  50%|#####     | 1/2 [00:01<00:01, 1.50s/epoch, elbo=-624.80]\n"
+            "epochs: 100%|##########| 2/2 [00:01<00:00, 1.16epoch/s]\n")
+    warning = "E0000 util.cc:131] oneDNN supports DT_INT64 only with AVX-512\n"
+    outputs = [nbformat.v4.new_output("stream", name="stderr", text=bars),
+               nbformat.v4.new_output("stream", name="stderr", text=bars + warning),
+               nbformat.v4.new_output("stream", name="stdout", text=bars)]
+    nb = new_notebook(cells=[new_code_cell("train()", outputs=outputs)])
+    kept = pipeline.clean_notebook(nb).cells[0].outputs
+    assert [(o["name"], o["text"]) for o in kept] == [("stderr", bars + warning),
+                                                       ("stdout", bars)]
+
+
 def test_publish_accepts_only_a_complete_full_run_with_the_committed_parameters(
         notebooks, tmp_path):
     out = tmp_path / "out"

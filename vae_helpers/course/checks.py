@@ -30,11 +30,11 @@ from types import ModuleType
 import numpy as np
 
 from vae_helpers.course.checking import Failed, as_array, call, close, run
-from vae_helpers.course.model_checks import check_train_step, check_vae
+from vae_helpers.course.model_checks import check_test_elbo, check_train_step, check_vae
 
 __all__ = ["KIT", "notebook_python", "kit_violations", "check_kit", "check_minibatch_elbo",
            "check_gaussian_grads", "check_gaussian_kl", "check_reparameterization", "check_vae",
-           "check_train_step", "check_laplace", "check_all"]
+           "check_train_step", "check_test_elbo", "check_laplace", "check_all"]
 
 KIT = (
     "vae_helpers.data",

@@ -200,3 +200,40 @@ def check_train_step(make_train_step: Callable, vae_class: type, steps: int = 30
                           f"({after:.1f})")
         return f"a compiled step; {steps} Adam steps raise a batch's ELBO"
     return run("2b", body)
+
+
+def check_test_elbo(test_elbo, vae, x_test, samples: int = 4, n_se: float = 5.0) -> bool:
+    """2b: the test ELBO reported for ``x_test``, against the reference VAE holding
+    ``vae``'s weights: within ``n_se`` standard errors of its Monte Carlo estimate on the
+    same images (``samples`` draws of z each; the report's one draw per image counted)."""
+    def body():
+        from vae_helpers import model as reference_model
+        from vae_helpers.backend import tf
+
+        value = float(as_array(test_elbo, "the test ELBO", ()))
+        x = tf.convert_to_tensor(x_test, tf.float32)
+        reference = reference_model.from_homework_weights(
+            {n: v.numpy() for n, v in call(vae.weights).items()})
+        draws = []
+        for i in range(0, int(x.shape[0]), 2000):
+            batch = x[i:i + 2000]
+            eps = tf.random.stateless_normal([samples, int(batch.shape[0]),
+                                              reference.latent_dim], seed=[107, i])
+            log_lik, kl = _reference_terms(reference, batch, eps)
+            draws.append((log_lik - kl).numpy())
+        per_image = np.concatenate(draws, axis=1).astype(np.float64)   # [samples, N]
+        mean, n = float(per_image.mean()), per_image.shape[1]
+        # the same images on both sides: only the noise of z differs, an image's variance
+        # over its draws; the report has one draw per image, this estimate `samples`
+        noise = float(per_image.var(axis=0, ddof=1).mean())
+        se = float(np.sqrt(noise * (1.0 / n + 1.0 / (n * samples))))
+        if value * mean < 0 and abs(value + mean) <= n_se * se:
+            raise Failed(f"reported {value:.2f} nats; the reference VAE with your weights "
+                         f"gives {mean:.2f}: the sign is flipped (the ELBO, not the loss −ELBO)")
+        if abs(value - mean) > n_se * se:
+            raise Failed(f"reported {value:.2f} nats; the reference VAE with your weights "
+                         f"gives {mean:.2f} ± {se:.2f}: average compute_elbo over every test "
+                         "image")
+        return (f"{value:.2f} nats per image; the reference VAE with your weights gives "
+                f"{mean:.2f} (within {n_se:g} standard errors)")
+    return run("2b", body)

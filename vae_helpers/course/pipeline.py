@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,7 +304,8 @@ def _export_html(notebook: Path) -> None:
 def clean_notebook(nb):
     """An executed notebook as it is committed: the injected-parameters cell and
     papermill's bookkeeping removed, no timestamps, minimal metadata, progress-bar
-    traces collapsed to their last state."""
+    traces collapsed to their last state, and stderr streams that hold nothing but
+    progress bars (``VAE_PROGRESS=text`` writes one line per update) dropped."""
     nb.cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     nb.metadata = {"kernelspec": {"name": KERNEL, "display_name": "Python 3 (ipykernel)",
                                   "language": "python"},
@@ -314,7 +316,20 @@ def clean_notebook(nb):
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream":
                 output["text"] = _collapse_carriage_returns(output["text"])
+        if "outputs" in cell:
+            cell.outputs = [o for o in cell.outputs if not _only_progress_bars(o)]
     return nb
+
+
+_PROGRESS_LINE = re.compile(r"^[^|\n]*\d+%\|[^|]*\|[^\n]*$")
+
+
+def _only_progress_bars(output) -> bool:
+    """A stderr stream whose every non-blank line is a text progress bar."""
+    if output.get("output_type") != "stream" or output.get("name") != "stderr":
+        return False
+    lines = [line for line in output["text"].split("\n") if line.strip()]
+    return bool(lines) and all(_PROGRESS_LINE.match(line) for line in lines)
 
 
 def _collapse_carriage_returns(text: str) -> str:

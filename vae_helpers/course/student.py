@@ -15,7 +15,9 @@ markers of nbgrader (``### BEGIN SOLUTION`` ... ``### END SOLUTION``, any number
 still looks like a marker afterwards is an error rather than a leak.
 A markdown cell tagged ``solution`` is a prose answer (a "comment on the results"):
 in the student version its leading heading or bold lead-in stays and the answer
-becomes the prompt ``ANSWER_PROMPT``.
+becomes the prompt ``ANSWER_PROMPT``. A cell tagged ``answer-key`` (``KEY_TAG``)
+belongs to the answer key only and is left out: the reference run's extra
+models, and the metrics the grader computes itself from the saved weights.
 ``python -m vae_helpers student --out DIR`` writes copies in which each region
 becomes, at the same indentation::
 
@@ -46,12 +48,12 @@ LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<code>\S.*?)[ \t]*#[ \t]*SOLUTION"
 LEFTOVER = re.compile(r"#.*\b(?:BEGIN|END)[ \t]+SOLUTION\b|#[ \t]*SOLUTION\b")
 LINE_HINT = "complete this line"
 TAG = "solution"
+#: a cell of the answer key only (the reference run's extra models and metrics, what the
+#: grader computes itself): left out of the handouts entirely
+KEY_TAG = "answer-key"
 HOMEWORK = ("03_train", "04_analysis")
 #: the notebooks the student command writes by default
 HANDOUTS = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
-#: the handouts that use nothing of the package beyond the student kit
-#: (``vae_helpers.course.checks.KIT``); the others still call its model or training
-ON_THE_KIT = ("01_math", "02_build")
 #: the module the student edits, beside the notebooks (its solution is the answer key)
 STUDENT_MODULE = "vae_homework.py"
 DEFAULT_HINT = "complete this part"
@@ -69,14 +71,10 @@ def stub(hint: str, indent: str = "") -> list[str]:
     return [f"{indent}# TODO: {hint}", f"{indent}raise NotImplementedError({literal})"]
 
 
-def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
-    """``source`` with every marked region replaced by a stub; and how many there were.
-
-    Raises:
-        StudentError: an ``END`` without ``BEGIN``, a ``BEGIN`` inside a region, or a
-            region left open (the message names ``where`` and the line).
-    """
-    out, opened, count = [], None, 0
+def _parse(source: str, where: str) -> tuple[list[str], list[str]]:
+    """The lines of ``source`` with each marked region replaced by its stub, and the code
+    of the regions in order (markers excluded; a one-line solution is its code)."""
+    out, opened, regions = [], None, []
     for number, line in enumerate(source.split("\n"), 1):
         begin, end = BEGIN.match(line), END.match(line)
         one_line = None if (begin or end or opened) else LINE.match(line)
@@ -84,17 +82,20 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
             if opened:
                 raise StudentError(f"{where}, line {number}: BEGIN SOLUTION inside the region "
                                    f"opened on line {opened[0]}")
-            opened = (number, begin["indent"], begin["hint"] or DEFAULT_HINT)
+            opened = (number, begin["indent"], begin["hint"] or DEFAULT_HINT, [])
         elif end:
             if not opened:
                 raise StudentError(f"{where}, line {number}: END SOLUTION without a "
                                    "BEGIN SOLUTION")
             out += stub(opened[2], opened[1])
-            opened, count = None, count + 1
+            regions.append("\n".join(opened[3]))
+            opened = None
         elif one_line:
             out += stub(LINE_HINT, one_line["indent"])
-            count += 1
-        elif not opened:
+            regions.append(one_line["indent"] + one_line["code"])
+        elif opened:
+            opened[3].append(line)
+        else:
             if LEFTOVER.search(line):
                 raise StudentError(f"{where}, line {number}: a solution marker this command "
                                    f"does not understand ({line.strip()[:60]!r}); use "
@@ -103,25 +104,48 @@ def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
     if opened:
         raise StudentError(f"{where}, line {opened[0]}: BEGIN SOLUTION is never ended "
                            "(add # END SOLUTION)")
-    return "\n".join(out), count
+    return out, regions
 
 
-def solution_regions(source: str) -> list[str]:
+def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
+    """``source`` with every marked region replaced by a stub; and how many there were.
+
+    Raises:
+        StudentError: an ``END`` without ``BEGIN``, a ``BEGIN`` inside a region, or a
+            region left open (the message names ``where`` and the line).
+    """
+    out, regions = _parse(source, where)
+    return "\n".join(out), len(regions)
+
+
+def solution_regions(source: str, where: str = "cell") -> list[str]:
     """The code inside each marked region of ``source``, in order (markers excluded); a
     one-line solution (``code  # SOLUTION``) is a region of its code."""
-    regions, current = [], None
-    for line in source.split("\n"):
-        one_line = LINE.match(line) if current is None and not END.match(line) else None
-        if one_line and not BEGIN.match(line):
-            regions.append(one_line["indent"] + one_line["code"])
-        elif BEGIN.match(line):
-            current = []
-        elif END.match(line) and current is not None:
-            regions.append("\n".join(current))
-            current = None
-        elif current is not None:
-            current.append(line)
-    return regions
+    return _parse(source, where)[1]
+
+
+def fill_stubs(source: str, regions) -> tuple[str, int]:
+    """``source`` (a student version) with its stubs replaced, in order, by ``regions``
+    (each a region's code, as ``solution_regions`` gives it); and how many it used.
+
+    Raises:
+        StudentError: more stubs than regions.
+    """
+    regions, lines, out, used = list(regions), source.split("\n"), [], 0
+    index = 0
+    while index < len(lines):
+        line = lines[index]
+        following = lines[index + 1].lstrip() if index + 1 < len(lines) else ""
+        if line.lstrip().startswith("# TODO: ") and following.startswith(
+                "raise NotImplementedError("):
+            if used == len(regions):
+                raise StudentError(f"more stubs than the {len(regions)} solutions given")
+            out.append(regions[used])
+            used, index = used + 1, index + 2
+            continue
+        out.append(line)
+        index += 1
+    return "\n".join(out), used
 
 
 def answer_prompt(source: str) -> str:
@@ -152,6 +176,7 @@ def student_notebook(nb, name: str = "notebook") -> tuple:
     from vae_helpers.course.pipeline import clean_notebook
 
     count = 0
+    nb.cells = [cell for cell in nb.cells if KEY_TAG not in cell.metadata.get("tags", [])]
     for index, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown" and TAG in cell.metadata.get("tags", []):
             cell.source = answer_prompt(cell.source)
