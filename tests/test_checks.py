@@ -20,15 +20,19 @@ GRIDS = {"real_10x10": [[289, 289]], "samples_10x10": [[289, 289]],
          "latent_scatter": []}
 
 
-def homework(test_elbo=141.7, iwae=156.1, k=1000, spec=None, drop=(), **images) -> Records:
+def homework(test_elbo=141.7, iwae=156.1, k=1000, spec=None, latent_dim=2, drop=(),
+             **images) -> Records:
     entries = {name: {"kind": "figure", "images": images.get(name, shapes), "png": PNG_SIGNATURE}
                for name, shapes in GRIDS.items()}
     entries.update(
         test_elbo={"kind": "metric", "value": test_elbo, "details": {}},
         iwae_log_likelihood={"kind": "metric", "value": iwae, "details": {"k": k}},
-        model_spec={"kind": "spec", "value": spec or SPEC},
+        weights={"kind": "weights", "arrays": {}, "latent_dim": latent_dim,
+                 "hidden_units": 512, "input_dim": 784},
         history={"kind": "history", "rows": [{"epoch": 1, "train_elbo": 1.0}]},
         latent_means={"kind": "array", "shape": [10000, 2], "dtype": "float32"})
+    if spec is not None:
+        entries["model_spec"] = {"kind": "spec", "value": spec}
     return Records(Path("run"), {k: v for k, v in entries.items() if k not in drop}, {})
 
 
@@ -61,10 +65,20 @@ def test_the_reference_against_itself_passes_every_check(homework_rubric):
 
 
 def test_a_wrong_latent_size_fails_its_spec_check_only(homework_rubric):
-    found = checks.run_checks(homework_rubric, homework(),
-                              homework(spec={**SPEC, "latent_dim": 3}), [])
+    found = checks.run_checks(homework_rubric, homework(), homework(latent_dim=3), [])
     assert failed(found) == {"spec.latent_dim": "latent_dim = 3; the homework asks for 2"}
     assert checks.summary(found)["score"] == round(21 / 22, 4)
+
+
+def test_the_spec_is_the_weights_and_a_recorded_spec_cannot_contradict_them(homework_rubric):
+    claims = homework(latent_dim=3, spec=SPEC)  # weights of P = 3, a spec that says 2
+    from vae_helpers.model import VAE  # the reference model of the same sizes counts them
+
+    assert claims.spec() == {**SPEC, "latent_dim": 3,
+                             "num_parameters": VAE(latent_dim=3).num_parameters}
+    assert homework().spec() == SPEC
+    without = homework(drop=("weights",), spec={**SPEC, "prior": "laplace"})
+    assert without.spec()["prior"] == "laplace"  # no weights: the recorded spec is all there is
 
 
 def test_a_missing_manifold_fails_its_record_and_grid_checks(homework_rubric):
@@ -122,4 +136,4 @@ def test_nothing_recorded_fails_every_record_with_the_file_problem(homework_rubr
     assert next(c for c in found if c.name == "record.test_elbo").reason == \
         "no records.json: nothing was recorded"
     assert next(c for c in found if c.name == "spec.prior").reason == \
-        "no valid model_spec recorded"
+        "no valid weights (or model_spec) recorded"

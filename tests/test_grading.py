@@ -53,7 +53,11 @@ record.model_spec({"latent_dim": latent_dim, "hidden_units": [512], "hidden_acti
 record.history([{"epoch": e, "train_elbo": 100.0 + e, "test_elbo": 95.0 + e}
                 for e in range(1, epochs + 1)])
 '''
-RUBRIC = (rubric.DEFAULT.read_text().split("[parameters]")[0] + '''
+# The stand-ins record no weights: here the spec and the IWAE value are taken as recorded
+# (grading from weights is tested in test_grading_homework.py).
+RUBRIC = (rubric.DEFAULT.read_text().split("[parameters]")[0]
+          .replace('"weights"]', '"model_spec"]').replace("recompute = true", "recompute = false")
+          + '''
 [parameters]
 epochs = 2
 not_declared = 5

@@ -17,7 +17,9 @@ def test_the_shipped_rubric_asks_for_the_homework():
     assert set(found.required) | set(found.informational) <= set(record.HOMEWORK_RECORDS)
     assert set(found.required) == {"real_10x10", "samples_10x10", "reconstructions_10x10",
                                    "latent_scatter", "manifold_20x20", "test_elbo",
-                                   "iwae_log_likelihood", "model_spec"}
+                                   "iwae_log_likelihood", "weights"}
+    assert found.metrics["iwae_log_likelihood"]["recompute"] is True
+    assert found.metrics["test_elbo"]["recompute"] is False
     assert found.grids == {"real_10x10": 10, "samples_10x10": 10, "reconstructions_10x10": 10,
                            "manifold_20x20": 20}
     assert found.spec["latent_dim"] == 2 and found.spec["hidden_units"] == [512]
@@ -45,6 +47,9 @@ def test_the_shipped_rubric_sets_only_parameters_the_homework_declares():
     ("[metrics.test_elbo]\n", r"\[metrics.test_elbo\] tolerance must be a number >= 0"),
     ("[metrics.test_elbo]\ntolerance = -1\n", r"tolerance must be a number >= 0, got -1"),
     ("[metrics.test_elbo]\ntolerance = 1\nk = 2\n", r"unknown key k"),
+    ("[metrics.test_elbo]\ntolerance = 1\nrecompute = 'yes'\n", r"recompute must be true or false"),
+    ("[metrics.test_elbo]\ntolerance = 1\nrecompute = true\n",
+     r"the grader can compute iwae_log_likelihood from the weights, not test_elbo"),
     ("[limits]\ntime = 5\n", r"\[limits\] unknown key time"),
     ("[limits]\nmemory_mb = 0\n", r"memory_mb must be a positive number"),
     ("[parameters_none]\nnames = ['n-train']\n", r"'n-train' is not a record name"),

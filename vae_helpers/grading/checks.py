@@ -56,7 +56,8 @@ def run_checks(rubric: Rubric, reference: Records, submission: Records,
               + (f" (and {len(execution) - 3} more)" if len(execution) > 3 else "")
               if execution else "every notebook ran to the end")]
     kinds = {**{n: "figure" for n in rubric.grids}, **{n: "metric" for n in rubric.metrics},
-             **({record.SPEC_NAME: "spec"} if rubric.spec else {})}
+             **({record.SPEC_NAME: "spec"} if rubric.spec else {}),
+             record.WEIGHTS_NAME: "weights"}
     listed = list(dict.fromkeys([*rubric.required, *rubric.informational]))
     for name in listed:
         found.append((f"record.{name}", *_record(submission, name, kinds.get(name))))
@@ -141,7 +142,7 @@ def _grid(records: Records, name: str, n: int) -> tuple[bool, str]:
 
 def _spec(spec: dict | None, key: str, want) -> tuple[bool, str]:
     if spec is None:
-        return False, f"no valid {record.SPEC_NAME} recorded"
+        return False, f"no valid {record.WEIGHTS_NAME} (or {record.SPEC_NAME}) recorded"
     if key not in spec:
         return False, f"the spec does not state {key}"
     have = spec[key]
@@ -167,5 +168,7 @@ def _metric(reference: Records, submission: Records, name: str, rule: dict) -> t
     value, expected, tolerance = got["value"], ref["value"], rule["tolerance"]
     difference = value - expected
     verdict = abs(difference) <= tolerance
-    return verdict, (f"{value:.2f} vs the reference's {expected:.2f}: a difference of "
+    source = (" (computed by the grader from the recorded weights)"
+              if got["details"].get("computed_by") == "grader" else "")
+    return verdict, (f"{value:.2f}{source} vs the reference's {expected:.2f}: a difference of "
                      f"{difference:+.2f}, {'within' if verdict else 'beyond'} ±{tolerance:g}")

@@ -42,7 +42,7 @@ from vae_helpers import io
 from vae_helpers.course import execution
 from vae_helpers.course.execution import first_line
 from vae_helpers.grading import checks as checks_lib
-from vae_helpers.grading import recorded, report
+from vae_helpers.grading import recompute, recorded, report
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.grading.compare import comparison, learning_curves, shown_path
@@ -175,6 +175,8 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             if entry["status"] in ("timeout", "memory", "disk", "crashed"):
                 stopped = notebook.name
         records = recorded.load(work / "run")
+        log(f"{name}: computing the metrics of its recorded weights")
+        recompute.recompute(records, reference_records, rubric, data)
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
         result = {
             "format": FORMAT, "student": name,

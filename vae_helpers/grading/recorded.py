@@ -51,7 +51,13 @@ class Records:
         return entry["value"] if entry and entry["kind"] == "metric" else None
 
     def spec(self, name: str = record.SPEC_NAME) -> dict | None:
-        """The valid model spec, or ``None``."""
+        """The model spec, or ``None``: that of the recorded homework weights
+        (``record.weights_spec``: their shapes give the sizes, the student interface the
+        rest), which a recorded spec cannot contradict; without weights, a recorded spec."""
+        weights = self.entries.get(record.WEIGHTS_NAME)
+        if weights and weights["kind"] == "weights":
+            return record.weights_spec(weights["latent_dim"], weights["hidden_units"],
+                                       weights["input_dim"])
         entry = self.entries.get(name)
         return entry["value"] if entry and entry["kind"] == "spec" else None
 

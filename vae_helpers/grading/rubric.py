@@ -17,6 +17,8 @@ from pathlib import Path
 from vae_helpers.course import record
 
 DEFAULT = Path(__file__).with_name("rubric.toml")
+#: the metrics the grader can compute from recorded weights (``grading.recompute``)
+COMPUTABLE = ("iwae_log_likelihood",)
 TABLES = {"records", "grids", "spec", "metrics", "checks", "parameters", "parameters_none",
           "limits"}
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
@@ -35,7 +37,9 @@ class Rubric:
         required, informational: record names (checks ``record.NAME``).
         grids: figure name -> n (an n×n grid of 28×28 images).
         spec: key -> the value the recorded model spec must have.
-        metrics: metric name -> ``{"tolerance": float, "same_details": [...]}``.
+        metrics: metric name -> ``{"tolerance": float, "same_details": [...],
+            "recompute": bool}``; ``recompute``: the grader computes the metric itself
+            from the recorded weights (``grading.recompute``) instead of reading it.
         informational_checks: other checks that do not count towards passing.
         parameters: papermill parameters for the notebooks that declare them.
         limits: ``time_limit`` (s), ``memory_mb``, ``disk_mb``, ``output_mb``,
@@ -114,11 +118,18 @@ def _check(raw: dict, path: Path, sha256: str) -> Rubric:
         if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
                 or not math.isfinite(tolerance) or tolerance < 0):
             _fail(path, f"metrics.{name}", f"tolerance must be a number >= 0, got {tolerance!r}")
-        extra = sorted(set(spec) - {"tolerance", "same_details"})
+        extra = sorted(set(spec) - {"tolerance", "same_details", "recompute"})
         if extra:
-            _fail(path, f"metrics.{name}", f"unknown key {extra[0]} (tolerance, same_details)")
+            _fail(path, f"metrics.{name}",
+                  f"unknown key {extra[0]} (tolerance, same_details, recompute)")
+        if not isinstance(spec.get("recompute", False), bool):
+            _fail(path, f"metrics.{name}", "recompute must be true or false")
+        if spec.get("recompute") and name not in COMPUTABLE:
+            _fail(path, f"metrics.{name}", f"the grader can compute {', '.join(COMPUTABLE)} "
+                  f"from the weights, not {name}")
         metrics[name] = {"tolerance": float(tolerance), "same_details": list(
-            _names(path, f"metrics.{name}", "same_details", spec.get("same_details", [])))}
+            _names(path, f"metrics.{name}", "same_details", spec.get("same_details", []))),
+            "recompute": bool(spec.get("recompute", False))}
     parameters = dict(tables["parameters"])
     for name in parameters:
         if not name.isidentifier():
