@@ -93,15 +93,17 @@ def weight_shapes(latent_dim: int = 2, hidden_units: int = 512,
     return record.weight_shapes(latent_dim, hidden_units, input_dim)
 
 
+WEIGHTS_FILE = "weights.npz"
+
+
 def save_weights(vae, run_dir) -> Path:
-    """Save ``vae.weights()`` as named float32 arrays into ``run_dir``, for a fresh kernel."""
-    record.set_run_dir(run_dir)
-    return record.weights(vae.weights())
+    """Save ``vae.weights()`` as named float32 arrays in ``run_dir/weights.npz``."""
+    return record.save_weights(vae.weights(), Path(run_dir) / WEIGHTS_FILE)
 
 
 def load_weights(vae, run_dir) -> None:
     """Assign the arrays ``save_weights`` wrote in ``run_dir`` to ``vae``'s variables."""
-    arrays = record.read_weights(run_dir)
+    arrays = record.load_weights(Path(run_dir) / WEIGHTS_FILE)
     variables = vae.weights()
     missing = sorted(set(variables) - set(arrays))
     if missing:
@@ -111,6 +113,15 @@ def load_weights(vae, run_dir) -> None:
             raise ValueError(f"{run_dir}: {name} has shape {arrays[name].shape}, the model "
                              f"{tuple(variable.shape)}: build the VAE with the run's sizes")
         variable.assign(arrays[name])
+
+
+def load_vae(run_dir) -> VAE:
+    """A ``VAE`` of the sizes saved in ``run_dir`` holding its saved weights."""
+    arrays = record.load_weights(Path(run_dir) / WEIGHTS_FILE)
+    latent_dim, hidden_units, input_dim = record.check_weights(WEIGHTS_FILE, arrays)
+    vae = VAE(latent_dim=latent_dim, hidden_units=hidden_units, input_dim=input_dim)
+    load_weights(vae, run_dir)
+    return vae
 
 
 # ----------------------------------------------------------------------------- 1a
@@ -353,7 +364,8 @@ def make_train_step(vae: VAE, optimizer):
 
 
 def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
-          learning_rate: float = 1e-3, seed: int = 0, progress: bool = True) -> list[dict]:
+          learning_rate: float = 1e-3, seed: int = 0, test_images=None,
+          progress: bool = True) -> list[dict]:
     """2b: train ``vae`` for ``epochs`` epochs on dequantized ``train_pixels``, resumably.
 
     Each epoch shuffles the images, dequantizes each minibatch with fresh noise
@@ -369,11 +381,14 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
         run_dir: where the checkpoints, the weights and ``history`` go.
         batch_size, learning_rate, seed: the minibatch size, Adam's step size, and
             the seed of the shuffles and the dequantization noise.
+        test_images: optional float ``[M, D]`` test images (``data.test_set``), whose
+            mean ELBO is measured after each epoch.
         progress: show a progress bar over the epochs.
 
     Returns:
         One row per epoch trained so far: ``{"epoch": e, "train_elbo": the mean of the
-        epoch's minibatch ELBOs, "seconds": the epoch's duration}``.
+        epoch's minibatch ELBOs, "test_elbo": the test images' mean ELBO after the epoch
+        (``None`` without ``test_images``), "seconds": the epoch's duration}``.
     """
     # BEGIN SOLUTION: 2b, the loop over epochs and minibatches, checkpointed each epoch
     run_dir = Path(run_dir)
@@ -381,7 +396,7 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     step = make_train_step(vae, optimizer)
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-    history = tf.Variable(tf.zeros([0, 2], tf.float64), shape=[None, 2], name="history")
+    history = tf.Variable(tf.zeros([0, 3], tf.float64), shape=[None, 3], name="history")
     checkpoint = tf.train.Checkpoint(vae=vae, optimizer=optimizer, epoch=epoch, history=history)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
     checkpoint.restore(manager.latest_checkpoint)
@@ -395,8 +410,14 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
         for b in range(n_batches):
             batch = pixels[order[b * batch_size:(b + 1) * batch_size]]
             total += float(step(data.dequantize(batch, seed=[seed, e * n_batches + b])))
+        seconds = time.perf_counter() - start
+        test_elbo = math.nan
+        if test_images is not None:
+            test_elbo = float(np.mean(np.concatenate(
+                [vae.compute_elbo(test_images[i:i + 2000]).numpy()
+                 for i in range(0, len(test_images), 2000)])))
         epoch.assign_add(1)
-        row = [[total / n_batches, time.perf_counter() - start]]
+        row = [[total / n_batches, test_elbo, seconds]]
         history.assign(tf.concat([history, tf.constant(row, tf.float64)], axis=0))
         manager.save()
         save_weights(vae, run_dir)
@@ -405,8 +426,10 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
             bar.set_postfix(train_elbo=f"{total / n_batches:.2f}")
     if bar is not None:
         bar.close()
-    return [{"epoch": i + 1, "train_elbo": float(elbo), "seconds": float(seconds)}
-            for i, (elbo, seconds) in enumerate(history.numpy())]
+    return [{"epoch": i + 1, "train_elbo": float(train_elbo),
+             "test_elbo": None if math.isnan(test_elbo) else float(test_elbo),
+             "seconds": float(seconds)}
+            for i, (train_elbo, test_elbo, seconds) in enumerate(history.numpy())]
     # END SOLUTION
 
 

@@ -5,9 +5,11 @@ training and 500 test images, 2 epochs, IWAE with k = 16): the one nbval made in
 this session when it executed both notebooks at the smoke profile (``make test``),
 else one made here with the pipeline. One batch then grades, against it and with
 the shipped rubric's checks and tolerances (its parameters replaced by the same
-smoke settings), the student versions of the two notebooks completed four ways:
-with the reference's own solutions, and with three deliberate mistakes. Each must
-fail exactly the checks its mistake breaks.
+smoke settings), the student versions of the two notebooks, each beside the solution
+module, completed five ways: with the reference's own solutions, with three
+deliberate mistakes, and with a forged IWAE value. Each mistake must fail exactly the
+checks it breaks; the forgery changes nothing, since the grader computes the IWAE
+bound itself from the recorded weights.
 """
 
 from __future__ import annotations
@@ -30,28 +32,26 @@ SMOKE = {"n_train": 2000, "n_test": 500, "epochs": 2, "bernoulli_epochs": 0, "iw
 
 
 def complete(version, reference, change=None):
-    """The student version with every stub replaced by the reference's solution, in order;
-    ``change(number, code)`` may alter the code of solution ``number``."""
+    """The student version with every stub replaced by the reference's solution, in order
+    (``student.fill_stubs``); ``change(source)`` may then alter each code cell's source."""
     solutions = [r for c in reference.cells if c.cell_type == "code"
                  for r in student.solution_regions(c.source)]
-    number = 0
+    used = 0
     for cell in version.cells:
-        lines, out = cell.source.split("\n"), []
-        for line in lines:
-            if line.lstrip().startswith("raise NotImplementedError("):
-                code = solutions[number]
-                out.append(change(number, code) if change else code)
-                number += 1
-            elif not line.lstrip().startswith("# TODO: "):
-                out.append(line)
-        cell.source = "\n".join(out)
-    assert number == len(solutions)
+        if cell.cell_type == "code":
+            cell.source, n = student.fill_stubs(cell.source, solutions[used:])
+            used += n
+            cell.source = change(cell.source) if change else cell.source
+    assert used == len(solutions)
     return version
 
 
 def submission(folder, versions, references, changes=None, drop=None):
-    """Write a completed copy of the student versions into ``folder``."""
+    """Write a completed copy of the student versions, and the solution module, into
+    ``folder``."""
     folder.mkdir()
+    (folder / student.STUDENT_MODULE).write_text(
+        (pipeline.notebook_dir() / student.STUDENT_MODULE).read_text(encoding="utf-8"))
     for name in student.HOMEWORK:
         nb = complete(nbformat.read(versions / f"{name}.ipynb", as_version=4),
                       references[name], (changes or {}).get(name))
@@ -84,12 +84,17 @@ def graded(tmp_path_factory, reference):
     subs.mkdir()
     submission(subs / "same", versions, references)
     submission(subs / "p3", versions, references, {
-        "03_train": lambda i, code: code.replace("latent_dim=latent_dim", "latent_dim=3")})
+        "03_train": lambda code: code.replace("VAE(latent_dim=latent_dim", "VAE(latent_dim=3")})
     submission(subs / "no_manifold", versions, references,
                drop={"04_analysis": 'record.figure("manifold_20x20"'})
     submission(subs / "elbo_off", versions, references, {  # reports the loss, -ELBO
-        "03_train": lambda i, code: code + '\nmetrics["test_elbo"] = -metrics["test_elbo"]'
-        if i == 1 else code})
+        "03_train": lambda code: code.replace(
+            "passed = checks.check_test_elbo(", "test_elbo = -test_elbo\n"
+            "passed = checks.check_test_elbo(")})
+    submission(subs / "claims", versions, references, {  # records a forged IWAE value
+        "03_train": lambda code: code.replace(
+            "record.history(history)", "record.history(history)\n"
+            'record.metric("iwae_log_likelihood", 999.0, k=16)')})
     parameters = "\n".join(f"{k} = {v}" for k, v in SMOKE.items())
     text = rubric.DEFAULT.read_text().split("[parameters]")[0]
     (root / "rubric.toml").write_text(f"{text}[parameters]\n{parameters}\n\n[limits]\n"
@@ -136,3 +141,13 @@ def test_an_elbo_far_off_the_reference(graded):
     assert failed(grade) == {"metric.test_elbo"}
     reason = next(c["reason"] for c in grade["checks"] if c["name"] == "metric.test_elbo")
     assert "beyond ±3" in reason
+
+
+def test_the_iwae_bound_is_the_graders_own_from_the_weights(graded):
+    for who in ("same", "claims"):  # "claims" recorded 999.0 as its IWAE value
+        grade = graded[0][who]
+        assert failed(grade) == set(), who
+        reason = next(c["reason"] for c in grade["checks"]
+                      if c["name"] == "metric.iwae_log_likelihood")
+        assert "(computed by the grader from the recorded weights)" in reason
+        assert not reason.startswith("999.00")

@@ -22,7 +22,7 @@ def handout(tmp_path, name: str) -> Path:
     return tmp_path / f"{name}.ipynb"
 
 
-@pytest.mark.parametrize("name", student.ON_THE_KIT)
+@pytest.mark.parametrize("name", student.HANDOUTS)
 def test_a_handout_imports_only_the_student_kit(name, tmp_path):
     assert checks.kit_violations(checks.notebook_python(handout(tmp_path, name))) == []
     module = (tmp_path / student.STUDENT_MODULE).read_text(encoding="utf-8")
@@ -39,11 +39,17 @@ def test_the_kit_test_sees_the_reference_modules():
 
 
 FIRST_TASK = {"01_math": "1a, the minibatch ELBO estimator",
-              "02_build": "2a, the variables of both networks"}
+              "02_build": "2a, the variables of both networks",
+              "03_train": "2a, the variables of both networks",   # its VAE, before 2b's loop
+              "04_analysis": "2a, the variables of both networks",
+              "05_discussion": "4a, the inverse-CDF Laplace sampler"}
+NEEDS_MNIST = {"03_train", "04_analysis"}  # they load the digits before their first task
 
 
-@pytest.mark.parametrize("name", student.ON_THE_KIT)
+@pytest.mark.parametrize("name", student.HANDOUTS)
 def test_a_fresh_handout_runs_to_its_first_task_and_stops_naming_it(name, tmp_path):
+    if name in NEEDS_MNIST and not os.environ.get("VAE_MNIST"):
+        pytest.skip("VAE_MNIST is not set: this handout loads MNIST before its first task")
     source = handout(tmp_path, name)
     outcome = execution.run_notebook(
         source, tmp_path / "executed.ipynb", {}, cwd=tmp_path,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vae_helpers import data
 from vae_helpers import model as reference_model
 from vae_helpers.backend import tfd
 from vae_helpers.course import checks, student
@@ -200,6 +201,37 @@ def test_training_continues_after_an_interruption(solution, tmp_path):
     solution.load_weights(fresh, tmp_path)
     for name, variable in fresh.weights().items():
         np.testing.assert_array_equal(variable.numpy(), before[name])
+
+
+def test_training_measures_the_test_elbo_after_each_epoch(solution, tmp_path):
+    rng = np.random.default_rng(4)
+    pixels = rng.integers(0, 256, size=(256, 784), dtype=np.uint8)
+    x_test = data.test_set(pixels[:50])
+    vae = solution.VAE(hidden_units=32, seed=1)
+    rows = solution.train(vae, pixels, epochs=2, run_dir=tmp_path, batch_size=64,
+                          test_images=x_test, progress=False)
+    assert all(np.isfinite(r["test_elbo"]) for r in rows)
+    # the last row's test ELBO is the final model's, within the Monte Carlo noise of z
+    again = np.mean([vae.compute_elbo(x_test).numpy().mean() for _ in range(20)])
+    assert abs(rows[-1]["test_elbo"] - again) < 5.0
+
+
+def test_the_test_elbo_check_accepts_the_mean_and_names_a_flipped_sign(solution, capsys):
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(3000, 784), dtype=np.uint8)
+    x_test = data.test_set(pixels)
+    vae = solution.VAE(seed=1)
+    right = float(np.mean(vae.compute_elbo(x_test).numpy()))
+    first_batch = float(np.mean(vae.compute_elbo(x_test[:500]).numpy()))
+    assert checks.check_test_elbo(right, vae, x_test)
+    assert not checks.check_test_elbo(-right, vae, x_test)
+    assert not checks.check_test_elbo(first_batch + 3.0, vae, x_test)
+    assert not checks.check_test_elbo(float("nan"), vae, x_test)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("PASS  2b: ")
+    assert "the sign is flipped" in lines[1]
+    assert lines[2].startswith("FAIL  2b: reported ") and "average compute_elbo" in lines[2]
+    assert lines[3] == "FAIL  2b: the test ELBO holds NaN or infinite values"
 
 
 @pytest.mark.parametrize("old, new, expected", [

@@ -68,7 +68,8 @@ def test_the_record_names_of_the_readme_are_the_homeworks():
 
     section = README[README.index("### What a homework notebook records"):
                      README.index("### Comparing two runs")]
-    names = re.findall(r"^\| `(\w+)` \| (figure|metric|spec|history|array) \|", section, re.M)
+    names = re.findall(r"^\| `(\w+)` \| (figure|metric|spec|history|array|weights) \|",
+                       section, re.M)
     assert {n for n, _ in names} == set(record.HOMEWORK_RECORDS)
     for name, kind in names:
         assert record.HOMEWORK_RECORDS[name].startswith(kind)

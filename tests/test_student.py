@@ -70,13 +70,17 @@ def test_cells_tagged_solution_are_replaced_and_outputs_cleared():
     assert all(c.outputs == [] and c.execution_count is None for c in version.cells[1:])
 
 
-@pytest.mark.parametrize("name", student.HOMEWORK)
-def test_the_homework_notebooks_have_regions_and_their_student_versions_none(name):
+def answer_key(nb) -> list:
+    return [c for c in nb.cells if student.KEY_TAG in c.metadata.get("tags", [])]
+
+
+@pytest.mark.parametrize("name", student.HANDOUTS)
+def test_the_handouts_keep_no_line_of_a_solution_and_everything_else(name):
     reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
-    solutions = [r for c in reference.cells if c.cell_type == "code"
+    kept_cells = [c for c in reference.cells if c not in answer_key(reference)]
+    solutions = [r for c in kept_cells if c.cell_type == "code"
                  for r in student.solution_regions(c.source)]
-    assert solutions
-    answers = [c for c in reference.cells
+    answers = [c for c in kept_cells
                if c.cell_type == "markdown" and "solution" in c.metadata.get("tags", [])]
     version, count = student.student_notebook(nbformat.read(FOLDER / f"{name}.ipynb",
                                                             as_version=4), name)
@@ -88,10 +92,41 @@ def test_the_homework_notebooks_have_regions_and_their_student_versions_none(nam
     for solution in solutions:
         for line in solution.splitlines():
             assert line.strip() not in kept, line  # no line of a solution is left
+    for cell in answer_key(reference):  # nor of the answer key's own cells
+        assert cell.source not in text
     # everything else is kept: same cells, same tags, same parameters cell
-    assert [c.cell_type for c in version.cells] == [c.cell_type for c in reference.cells]
+    assert [c.cell_type for c in version.cells] == [c.cell_type for c in kept_cells]
     assert [c.metadata.get("tags") for c in version.cells] == \
-        [c.metadata.get("tags") for c in reference.cells]
+        [c.metadata.get("tags") for c in kept_cells]
+
+
+@pytest.mark.parametrize("name", student.HANDOUTS)
+def test_filling_a_handouts_stubs_with_the_solutions_gives_back_the_solution(name):
+    reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
+    kept_cells = [c for c in reference.cells if c not in answer_key(reference)]
+    version, _ = student.student_notebook(nbformat.read(FOLDER / f"{name}.ipynb",
+                                                        as_version=4), name)
+    solutions = [r for c in kept_cells if c.cell_type == "code"
+                 for r in student.solution_regions(c.source)]
+    used = 0
+    for mine, theirs in zip(version.cells, kept_cells, strict=True):
+        if mine.cell_type != "code":
+            continue
+        filled, n = student.fill_stubs(mine.source, solutions[used:])
+        used += n
+        # the solution with its markers removed, line for line
+        assert filled == "\n".join(line for line in theirs.source.split("\n")
+                                   if not (student.BEGIN.match(line) or student.END.match(line)))
+    assert used == len(solutions)
+
+
+def test_filling_the_student_modules_stubs_gives_back_the_solution():
+    solution = (FOLDER / student.STUDENT_MODULE).read_text(encoding="utf-8")
+    handout, count = student.strip_solutions(solution, student.STUDENT_MODULE)
+    filled, used = student.fill_stubs(handout, student.solution_regions(solution))
+    assert used == count == len(student.solution_regions(solution)) > 0
+    assert filled == "\n".join(line for line in solution.split("\n")
+                               if not (student.BEGIN.match(line) or student.END.match(line)))
 
 
 def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
@@ -101,8 +136,8 @@ def test_the_command_writes_the_homework_and_never_overwrites(tmp_path, capsys):
         "01_math.ipynb", "02_build.ipynb", "03_train.ipynb", "04_analysis.ipynb",
         "05_discussion.ipynb", "vae_homework.py"]
     printed = capsys.readouterr().out
-    assert "03_train.ipynb (3 stubs)" in printed and "04_analysis.ipynb (6 stubs)" in printed
-    assert "05_discussion.ipynb (4 stubs)" in printed
+    assert "03_train.ipynb (2 stubs)" in printed and "04_analysis.ipynb (6 stubs)" in printed
+    assert "05_discussion.ipynb (3 stubs)" in printed
     solution = (FOLDER / "vae_homework.py").read_text(encoding="utf-8")
     regions = student.solution_regions(solution)
     assert f"vae_homework.py ({len(regions)} stubs)" in printed
