@@ -121,11 +121,12 @@ def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
 
 def test_a_latent_space_of_three_dimensions(graded):
     grade = graded[0]["p3"]
-    # 04_analysis cannot draw the scatter or the manifold of 3-D codes, and the model's
-    # ELBO differs from the reference's by more than the tolerance
-    assert failed(grade) == {"spec.latent_dim", "execution", "record.latent_scatter",
-                             "record.manifold_20x20", "grid.manifold_20x20",
-                             "metric.test_elbo", "metric.iwae_log_likelihood"}
+    # the weights say P = 3, and 04_analysis cannot draw the scatter or the manifold of
+    # 3-D codes; after 2 epochs the metrics may or may not differ by more than 3 nats
+    broken = {"spec.latent_dim", "execution", "record.latent_scatter",
+              "record.manifold_20x20", "grid.manifold_20x20"}
+    assert broken <= failed(grade)
+    assert failed(grade) - broken <= {"metric.test_elbo", "metric.iwae_log_likelihood"}
     reasons = {c["name"]: c["reason"] for c in grade["checks"]}
     assert reasons["spec.latent_dim"] == "latent_dim = 3; the homework asks for 2"
     assert "plot_latent_scatter needs 2-D codes [N, 2], got shape (10000, 3)" in \
