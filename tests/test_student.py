@@ -221,3 +221,30 @@ def test_a_line_that_still_looks_like_a_marker_is_an_error_not_a_leak(line):
                                                    "understand"):
         student.strip_solutions(f"x = 0\n{line}\n", "nb.ipynb, cell 2")
     assert student.strip_solutions("# the solution of the equation\nx = 1")[1] == 0
+
+
+def test_a_marked_region_in_a_markdown_cell_becomes_an_answer_prompt():
+    nb = new_notebook(cells=[
+        new_markdown_cell("## Why a sigmoid?\n\n### BEGIN SOLUTION\nThe pixels lie in [0, 1], "
+                          "so the mean must too.\n### END SOLUTION\n\nThen go on."),
+        new_markdown_cell("Explain.\n<!-- -->\n# BEGIN SOLUTION: why is the KL positive?\n"
+                          "Gibbs' inequality.\n# END SOLUTION"),
+    ])
+    version, count = student.student_notebook(nb)
+    assert count == 2
+    assert version.cells[0].source == ("## Why a sigmoid?\n\n" + student.ANSWER_PROMPT
+                                       + "\n\nThen go on.")
+    assert version.cells[1].source == ("Explain.\n<!-- -->\n"
+                                       "*Your answer:* why is the KL positive?")
+    text = "\n".join(c.source for c in version.cells)
+    assert "Gibbs" not in text and "must too" not in text
+
+
+@pytest.mark.parametrize("source, message", [
+    ("Text\n### BEGIN SOLUTION\nthe answer", "cell 0, line 2: BEGIN SOLUTION is never ended"),
+    ("Text\n#### END SOLUTION", "cell 0, line 2: END SOLUTION without a BEGIN SOLUTION"),
+    ("The answer is 4. # SOLUTION!", "a solution marker this command does not understand"),
+])
+def test_bad_markers_in_a_markdown_cell_stop_the_student_version(source, message):
+    with pytest.raises(student.StudentError, match=message):
+        student.student_notebook(new_notebook(cells=[new_markdown_cell(source)]))

@@ -8,7 +8,8 @@ inside code cells::
     # END SOLUTION
 
 (the markers are comments, so the reference notebooks run as they are), or a whole
-code cell is tagged ``solution`` (its first comment line, if any, is the hint). The
+code cell is tagged ``solution`` (its first comment line, if any, is the hint). In a
+markdown cell a marked region becomes an answer prompt (its hint the question). The
 markers of nbgrader (``### BEGIN SOLUTION`` ... ``### END SOLUTION``, any number of
 ``#``) and otter (``# BEGIN SOLUTION NO PROMPT``, and a line of code ending in
 ``# SOLUTION``, which becomes a stub of its own) are understood too, and a line that
@@ -71,9 +72,16 @@ def stub(hint: str, indent: str = "") -> list[str]:
     return [f"{indent}# TODO: {hint}", f"{indent}raise NotImplementedError({literal})"]
 
 
-def _parse(source: str, where: str) -> tuple[list[str], list[str]]:
-    """The lines of ``source`` with each marked region replaced by its stub, and the code
-    of the regions in order (markers excluded; a one-line solution is its code)."""
+def prose_stub(hint: str, indent: str = "") -> list[str]:
+    """The line that replaces a marked region of a markdown cell: an answer prompt."""
+    return [f"{indent}*Your answer:* {hint}" if hint not in (DEFAULT_HINT, LINE_HINT)
+            else f"{indent}{ANSWER_PROMPT}"]
+
+
+def _parse(source: str, where: str, replace=stub) -> tuple[list[str], list[str]]:
+    """The lines of ``source`` with each marked region replaced by ``replace(hint,
+    indent)`` (a code stub), and the code of the regions in order (markers excluded; a
+    one-line solution is its code)."""
     out, opened, regions = [], None, []
     for number, line in enumerate(source.split("\n"), 1):
         begin, end = BEGIN.match(line), END.match(line)
@@ -87,11 +95,11 @@ def _parse(source: str, where: str) -> tuple[list[str], list[str]]:
             if not opened:
                 raise StudentError(f"{where}, line {number}: END SOLUTION without a "
                                    "BEGIN SOLUTION")
-            out += stub(opened[2], opened[1])
+            out += replace(opened[2], opened[1])
             regions.append("\n".join(opened[3]))
             opened = None
         elif one_line:
-            out += stub(LINE_HINT, one_line["indent"])
+            out += replace(LINE_HINT, one_line["indent"])
             regions.append(one_line["indent"] + one_line["code"])
         elif opened:
             opened[3].append(line)
@@ -107,14 +115,16 @@ def _parse(source: str, where: str) -> tuple[list[str], list[str]]:
     return out, regions
 
 
-def strip_solutions(source: str, where: str = "cell") -> tuple[str, int]:
-    """``source`` with every marked region replaced by a stub; and how many there were.
+def strip_solutions(source: str, where: str = "cell", markdown: bool = False
+                    ) -> tuple[str, int]:
+    """``source`` with every marked region replaced by a stub (in ``markdown``, by an
+    answer prompt); and how many there were.
 
     Raises:
         StudentError: an ``END`` without ``BEGIN``, a ``BEGIN`` inside a region, or a
             region left open (the message names ``where`` and the line).
     """
-    out, regions = _parse(source, where)
+    out, regions = _parse(source, where, prose_stub if markdown else stub)
     return "\n".join(out), len(regions)
 
 
@@ -178,9 +188,13 @@ def student_notebook(nb, name: str = "notebook") -> tuple:
     count = 0
     nb.cells = [cell for cell in nb.cells if KEY_TAG not in cell.metadata.get("tags", [])]
     for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "markdown" and TAG in cell.metadata.get("tags", []):
-            cell.source = answer_prompt(cell.source)
-            count += 1
+        if cell.cell_type == "markdown":
+            cell.source, found = strip_solutions(cell.source, f"{name}, cell {index}",
+                                                 markdown=True)
+            if TAG in cell.metadata.get("tags", []):
+                cell.source = answer_prompt(cell.source)
+                found = 1
+            count += found
         if cell.cell_type != "code":
             continue
         if TAG in cell.metadata.get("tags", []):
