@@ -212,9 +212,7 @@ def train_run(out, settings: TrainingSettings | None = None, *, iwae_k: int = 50
                          "learning_rate": settings.learning_rate, "seed": settings.seed,
                          "optimizer": "adam", "n_train": int(len(x_train)),
                          "n_test": int(len(x_test)), "iwae_k": iwae_k, **settings.schedule},
-            "data": {"variant": variant, "test_transform_seed": TEST_SEED,
-                     "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-                     "source": str(source) if source is not None else rule, "found_by": rule},
+            "data": _data_config(variant, source, rule),
             "versions": library_versions(),
         }
         # on resume: states the new epoch total
@@ -222,17 +220,9 @@ def train_run(out, settings: TrainingSettings | None = None, *, iwae_k: int = 50
         history = fit(model, x_train, settings, x_test=x_test, checkpoint_dir=checkpoints,
                       progress=progress)
         _write(io.write_csv, out / "history.csv", history.rows, "the training history", out)
-        metrics = evaluate(model, x_test, k=iwae_k, seed=settings.seed, progress=progress)
-        metrics.update(
-            data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-            epochs=len(history), num_parameters=model.num_parameters,
-            final_train_elbo=history.last.get("train_elbo"),
-            train_seconds=float(sum(r["seconds"] for r in history.rows)),
-            wall_seconds=time.perf_counter() - started,
-            versions=library_versions(), command=command or " ".join(sys.argv),
-        )
-        _write(io.write_json, out / "metrics.json", metrics, "the final metrics", out)
-        return metrics
+        return _final_metrics(out, model, x_test, history.rows, iwae_k=iwae_k,
+                              seed=settings.seed, progress=progress, started=started,
+                              command=command)
 
 
 def adopt_weights(out, history=None, *, iwae_k: int = 5000, n_test: int | None = None,
@@ -273,9 +263,7 @@ def adopt_weights(out, history=None, *, iwae_k: int = 5000, n_test: int | None =
             "training": {"epochs": len(rows), "seed": seed, "optimizer": "adam",
                          "n_test": int(len(x_test)), "iwae_k": iwae_k,
                          "trained_by": "the student interface (weights.npz)"},
-            "data": {"variant": variant, "test_transform_seed": TEST_SEED,
-                     "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-                     "source": str(source) if source is not None else rule, "found_by": rule},
+            "data": _data_config(variant, source, rule),
             "versions": library_versions(),
         }
         _write(io.write_json, out / "config.json", config, "the run's configuration", out)
@@ -284,17 +272,32 @@ def adopt_weights(out, history=None, *, iwae_k: int = 5000, n_test: int | None =
         _write(lambda path, _: manager.save(), out / "checkpoint", None, "the checkpoint", out)
         if rows:
             _write(io.write_csv, out / "history.csv", rows, "the training history", out)
-        metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
-        metrics.update(
-            data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
-            epochs=len(rows), num_parameters=model.num_parameters,
-            final_train_elbo=rows[-1].get("train_elbo") if rows else None,
-            train_seconds=float(sum(r.get("seconds", 0.0) for r in rows)),
-            wall_seconds=time.perf_counter() - started,
-            versions=library_versions(), command=command or " ".join(sys.argv),
-        )
-        _write(io.write_json, out / "metrics.json", metrics, "the final metrics", out)
-        return metrics
+        return _final_metrics(out, model, x_test, rows, iwae_k=iwae_k, seed=seed,
+                              progress=progress, started=started, command=command)
+
+
+def _data_config(variant: str, source, rule: str) -> dict:
+    """The ``data`` part of a run's ``config.json``."""
+    return {"variant": variant, "test_transform_seed": TEST_SEED,
+            "description": data_lib.DATA_VARIANT_DESCRIPTIONS[variant],
+            "source": str(source) if source is not None else rule, "found_by": rule}
+
+
+def _final_metrics(out: Path, model, x_test, rows: list, *, iwae_k: int, seed: int,
+                   progress: bool, started: float, command: str | None) -> dict:
+    """Evaluate a trained run's model on the test set, add the run's bookkeeping (its
+    epochs, parameters, seconds, versions, command) and write ``metrics.json``."""
+    metrics = evaluate(model, x_test, k=iwae_k, seed=seed, progress=progress)
+    metrics.update(
+        data_description=data_lib.DATA_VARIANT_DESCRIPTIONS[model.likelihood.data_variant],
+        epochs=len(rows), num_parameters=model.num_parameters,
+        final_train_elbo=rows[-1].get("train_elbo") if rows else None,
+        train_seconds=float(sum(r.get("seconds", 0.0) for r in rows)),
+        wall_seconds=time.perf_counter() - started,
+        versions=library_versions(), command=command or " ".join(sys.argv),
+    )
+    _write(io.write_json, out / "metrics.json", metrics, "the final metrics", out)
+    return metrics
 
 
 def _finished_metrics(out: Path, epochs: int, iwae_k: int, n_test: int) -> dict | None:

@@ -282,7 +282,7 @@ def weights_spec(latent_dim: int, hidden_units: int, input_dim: int = 784) -> di
     p, h, d = int(latent_dim), int(hidden_units), int(input_dim)
     return {"latent_dim": p, "hidden_units": [h], "hidden_activation": "relu",
             "output_activation": "sigmoid", "likelihood": "gaussian", "prior": "normal",
-            "num_parameters": d * h + h + h * 2 * p + 2 * p + p * h + h + h * d + d + 1,
+            "num_parameters": sum(math.prod(shape) for shape in weight_shapes(p, h, d).values()),
             "nonnegative_variances": True}
 
 

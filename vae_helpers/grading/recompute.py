@@ -4,11 +4,11 @@ A submission records its trained homework VAE as named float32 arrays
 (``record.weights``; plain data, read without pickle and checked by
 ``recorded.load``). Outside the sandbox, the grader loads them into the package's
 reference ``VAE`` with the parametrization the student interface fixes
-(``model.from_homework_weights``) and computes the metrics in ``COMPUTED`` on the
-MNIST test set with the reference run's settings (its ``k`` and number of test
-images): those the rubric marks ``recompute = true`` (``rubric.COMPUTABLE`` lists
-what can be). The value replaces whatever the submission recorded under that
-name: a submission's own claim about these metrics is not used.
+(``model.from_homework_weights``) and computes the metrics the rubric marks
+``recompute = true`` (``rubric.COMPUTABLE`` lists what can be) on the MNIST test set
+with the reference run's settings (its ``k`` and number of test images). The value
+replaces whatever the submission recorded under that name: a submission's own claim
+about these metrics is not used.
 """
 
 from __future__ import annotations
