@@ -135,6 +135,13 @@ def load_mnist_or_say_why():
         return None
 
 
+def add_json_option(parser, default: Path) -> None:
+    """The ``--json PATH`` option of a benchmark that writes its results to ``default``."""
+    parser.add_argument("--json", type=Path, default=default, metavar="PATH",
+                        help="where to write the results as JSON; its folder is created "
+                             f"(default: benchmarks/results/{default.name})")
+
+
 def json_unwritable(path: Path) -> str | None:
     """Why the results cannot be written to ``path`` (``None``: they can), found out
     before minutes of measuring rather than after."""

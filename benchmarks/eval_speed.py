@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 from common import (
     CpuMeter,
+    add_json_option,
     inputs_or_say_why,
     load_average,
     machine_description,
@@ -110,9 +111,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "0 skips it (default: 200)")
     parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed of the importance samples (default: 0)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help="where to write the results as JSON; its folder is created "
-                             "(default: benchmarks/results/eval_speed.json)")
+    add_json_option(parser, DEFAULT_JSON)
     return parser.parse_args(argv)
 
 

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from common import (
+    add_json_option,
     inputs_or_say_why,
     load_student_module,
     machine_description,
@@ -53,9 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="epochs per model (default: 100, the reference run's)")
     parser.add_argument("--iwae-k", type=non_negative_int, default=1000,
                         help="importance samples of the IWAE bound; 0 skips it (default: 1000)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help="where to write the results as JSON; its folder is created "
-                             "(default: benchmarks/results/seed_spread.json)")
+    add_json_option(parser, DEFAULT_JSON)
     return parser.parse_args(argv)
 
 

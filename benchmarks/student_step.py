@@ -32,6 +32,7 @@ from pathlib import Path
 
 from common import (
     CpuMeter,
+    add_json_option,
     inputs_or_say_why,
     load_average,
     load_student_module,
@@ -58,9 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, default=3,
                         help="timed epochs of each, after one warm-up epoch that includes "
                              "the XLA compilation (default: 3)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help="where to write the results as JSON; its folder is created "
-                             "(default: benchmarks/results/student_step.json)")
+    add_json_option(parser, DEFAULT_JSON)
     return parser.parse_args(argv)
 
 

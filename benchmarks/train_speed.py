@@ -86,6 +86,7 @@ from pathlib import Path
 import numpy as np
 from common import (
     CpuMeter,
+    add_json_option,
     inputs_or_say_why,
     load_average,
     machine_description,
@@ -126,9 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-sizes", type=_batch_sizes, default=[128, 2048],
                         metavar="B1,B2,...",
                         help="comma-separated batch sizes (default: 128,2048)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
-                        help="where to write the results as JSON; its folder is created "
-                             "(default: benchmarks/results/train_speed.json)")
+    add_json_option(parser, DEFAULT_JSON)
     parser.add_argument("--eager-steps", type=non_negative_int, default=50, metavar="N",
                         help="timed steps of the eager Keras baseline at batch 128, after "
                              f"{EAGER_WARMUP_STEPS} warm-up steps; 0 skips it (default: 50)")
