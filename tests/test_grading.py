@@ -440,3 +440,20 @@ def test_a_dask_cluster_grades_a_batch(setup, tmp_path, monkeypatch):
         batch.grade_batch(subs, setup["reference"], tmp_path / "out2", rubric=setup["rubric"],
                           data=setup["data"], scheduler="tcp://127.0.0.1:9", sandbox=box,
                           log=lambda _: None)
+
+
+def test_a_stopped_notebook_costs_only_its_own_records(setup, tmp_path):
+    """03 out of time: what it recorded before still counts, and 04 still runs and is graded."""
+    bob = tmp_path / "bob"
+    bob.mkdir()
+    notebook(bob / "03_train.ipynb", METRICS, "import time\nwhile True:\n    time.sleep(1)",
+             params='run_dir = "runs/x"\noffset = 0.0\nlatent_dim = 2\nepochs = 9\n')
+    notebook(bob / "04_analysis.ipynb", FIGURES, params='run_dir = "runs/x"\n')
+    quick = tmp_path / "rubric.toml"
+    quick.write_text(RUBRIC.replace("time_limit = 30", "time_limit = 15"))
+    grade = grader.grade(bob, setup["reference"], tmp_path / "out", rubric=rubric.load(quick),
+                         data=setup["data"], sandbox=sandbox.probe("auto"))
+    assert [n["status"] for n in grade["notebooks"]] == ["timeout", "ok"]
+    assert failures(grade).keys() == {"execution"}
+    assert failures(grade)["execution"].startswith("03_train.ipynb: ")
+    assert "15" in failures(grade)["execution"]

@@ -11,8 +11,9 @@ in name order in one working copy, sharing one run directory. ``grade``
    notebook declares), ``run_dir`` and ``$VAE_RECORD_DIR`` pointing at
    ``DIR/work/run``, ``$VAE_MNIST`` at the data, and the rubric's limits: time per
    notebook, memory, disk, outputs, file size. A cell that raises is reported and
-   the cells after it still run; a notebook that is stopped (time, memory, disk)
-   stops the submission;
+   the cells after it still run. A notebook that is stopped (time, memory, disk)
+   costs only its own records: the next notebooks still run, and fail on what
+   they find missing;
 3. reads the records back as untrusted input (``vae_helpers.grading.recorded``) and runs
    the checks (``vae_helpers.grading.checks``) against the rubric and the reference run;
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
@@ -157,13 +158,9 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         if trouble or not notebooks:
             problems.append(trouble or "the submission holds no .ipynb notebook")
         hidden = [Path(reference), submission, out, *hide]
-        stopped = None
         for notebook in notebooks:
             entry = {"notebook": notebook.name, "parameters": {}}
             results.append(entry)
-            if stopped:
-                entry.update(status="skipped", message=f"not run: {stopped} was stopped")
-                continue
             names, unreadable = declared_names(notebook)
             if unreadable:
                 entry.update(status="unreadable", message=unreadable)
@@ -172,8 +169,6 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             log(f"{name}: running {notebook.name}")
             entry.update(_run(notebook, names, work, out, rubric, box, data, hidden))
             problems += entry.pop("problems")
-            if entry["status"] in ("timeout", "memory", "disk", "crashed"):
-                stopped = notebook.name
         records = recorded.load(work / "run")
         log(f"{name}: computing the metrics of its recorded weights")
         recompute.recompute(records, reference_records, rubric, data)
