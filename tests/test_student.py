@@ -214,6 +214,30 @@ def test_the_markers_of_nbgrader_and_otter_are_stripped_too(source, stubbed):
     assert len(student.solution_regions(source)) == 1
 
 
+def test_nbgraders_hidden_tests_are_left_out_entirely():
+    source = ("### BEGIN SOLUTION\nx = 1\n### END SOLUTION\nassert x > 0\n"
+              "### BEGIN HIDDEN TESTS\nassert x == 1  # the expected value\n"
+              "## END HIDDEN TESTS\nprint(x)")
+    result, count = student.strip_solutions(source)
+    assert count == 1 and "x == 1" not in result and "HIDDEN" not in result
+    assert result.endswith("assert x > 0\nprint(x)")
+    assert student.solution_regions(source) == ["x = 1"]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("### BEGIN HIDDEN TESTS\nassert x == 1", "line 1: BEGIN HIDDEN TESTS is never ended"),
+    ("x = 1\n### END HIDDEN TESTS", "line 2: END HIDDEN TESTS without a BEGIN HIDDEN TESTS"),
+    ("# BEGIN SOLUTION\n# BEGIN HIDDEN TESTS\n# END HIDDEN TESTS\n# END SOLUTION",
+     "line 2: BEGIN HIDDEN TESTS inside the region opened on line 1"),
+    ("# BEGIN HIDDEN TESTS\n# BEGIN SOLUTION\n# END HIDDEN TESTS",
+     "line 2: a solution marker inside the hidden tests opened on line 1"),
+    ("x = 1\n# the END  HIDDEN TESTS of it", "a solution marker this command does not"),
+])
+def test_bad_hidden_test_markers_stop_the_student_version(source, message):
+    with pytest.raises(student.StudentError, match=message):
+        student.strip_solutions(source)
+
+
 @pytest.mark.parametrize("line", ["#BEGIN  SOLUTION here", "# solution: END SOLUTION",
                                   "print('a')  # SOLUTION please", "    # SOLUTION"])
 def test_a_line_that_still_looks_like_a_marker_is_an_error_not_a_leak(line):

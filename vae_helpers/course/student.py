@@ -11,9 +11,10 @@ inside code cells::
 code cell is tagged ``solution`` (its first comment line, if any, is the hint). In a
 markdown cell a marked region becomes an answer prompt (its hint the question). The
 markers of nbgrader (``### BEGIN SOLUTION`` ... ``### END SOLUTION``, any number of
-``#``) and otter (``# BEGIN SOLUTION NO PROMPT``, and a line of code ending in
-``# SOLUTION``, which becomes a stub of its own) are understood too, and a line that
-still looks like a marker afterwards is an error rather than a leak.
+``#``; the lines between its ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``
+are left out entirely) and otter (``# BEGIN SOLUTION NO PROMPT``, and a line of code
+ending in ``# SOLUTION``, which becomes a stub of its own) are understood too, and a
+line that still looks like a marker afterwards is an error rather than a leak.
 A markdown cell tagged ``solution`` is a prose answer (a "comment on the results"):
 in the student version its leading heading or bold lead-in stays and the answer
 becomes the prompt ``ANSWER_PROMPT``. A cell tagged ``answer-key`` (``KEY_TAG``)
@@ -45,8 +46,12 @@ END = re.compile(r"^[ \t]*#+[ \t]*END SOLUTION[ \t]*$")
 # otter's one-line solution: code followed by "# SOLUTION" (or "# SOLUTION NO PROMPT")
 LINE = re.compile(r"^(?P<indent>[ \t]*)(?P<code>\S.*?)[ \t]*#[ \t]*SOLUTION"
                   r"(?:[ \t]+NO PROMPT)?[ \t]*$")
+# nbgrader's hidden tests: the lines between are left out of the student version entirely
+BEGIN_HIDDEN = re.compile(r"^[ \t]*#+[ \t]*BEGIN HIDDEN TESTS[ \t]*$")
+END_HIDDEN = re.compile(r"^[ \t]*#+[ \t]*END HIDDEN TESTS[ \t]*$")
 # anything left that still looks like a marker: a handout is never written with one
-LEFTOVER = re.compile(r"#.*\b(?:BEGIN|END)[ \t]+SOLUTION\b|#[ \t]*SOLUTION\b")
+LEFTOVER = re.compile(r"#.*\b(?:BEGIN|END)[ \t]+(?:SOLUTION|HIDDEN[ \t]+TESTS)\b"
+                      r"|#[ \t]*SOLUTION\b")
 LINE_HINT = "complete this line"
 TAG = "solution"
 #: a cell of the answer key only (the reference run's extra models and metrics, what the
@@ -82,8 +87,22 @@ def _parse(source: str, where: str, replace=stub) -> tuple[list[str], list[str]]
     """The lines of ``source`` with each marked region replaced by ``replace(hint,
     indent)`` (a code stub), and the code of the regions in order (markers excluded; a
     one-line solution is its code)."""
-    out, opened, regions = [], None, []
+    out, opened, regions, hidden = [], None, [], None
     for number, line in enumerate(source.split("\n"), 1):
+        if hidden:  # inside hidden tests: nothing is kept, and only their end is a marker
+            if END_HIDDEN.match(line):
+                hidden = None
+            elif BEGIN.match(line) or END.match(line) or LEFTOVER.search(line):
+                raise StudentError(f"{where}, line {number}: a solution marker inside the "
+                                   f"hidden tests opened on line {hidden}")
+            continue
+        if BEGIN_HIDDEN.match(line) or END_HIDDEN.match(line):
+            if opened or END_HIDDEN.match(line):
+                raise StudentError(f"{where}, line {number}: {line.strip().lstrip('#').strip()}"
+                                   + (f" inside the region opened on line {opened[0]}"
+                                      if opened else " without a BEGIN HIDDEN TESTS"))
+            hidden = number
+            continue
         begin, end = BEGIN.match(line), END.match(line)
         one_line = None if (begin or end or opened) else LINE.match(line)
         if begin:
@@ -112,6 +131,9 @@ def _parse(source: str, where: str, replace=stub) -> tuple[list[str], list[str]]
     if opened:
         raise StudentError(f"{where}, line {opened[0]}: BEGIN SOLUTION is never ended "
                            "(add # END SOLUTION)")
+    if hidden:
+        raise StudentError(f"{where}, line {hidden}: BEGIN HIDDEN TESTS is never ended "
+                           "(add ### END HIDDEN TESTS)")
     return out, regions
 
 
