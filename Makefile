@@ -4,7 +4,7 @@
 #   make test       the same set-up, then ruff and pytest's fast tiers: the unit tests,
 #                   and nbval over every notebook at the smoke profile's sizes (minutes)
 # and one more before publishing notebooks or changing the model:
-#   make test-full  ruff and every tier, with nbval at the committed parameters (about 35 minutes)
+#   make test-full  ruff and every tier, with nbval at the committed parameters (about 50 minutes)
 # The MNIST file is found through $VAE_MNIST (see README.md); the tiers are explained
 # in conftest.py and README.md.
 

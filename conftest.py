@@ -46,8 +46,10 @@ TIERS = ("unit", "notebooks", "slow")
 REFERENCE_TAG = "reference-run"
 NOTEBOOK_RUNS = {"smoke": ROOT / "runs" / "nbval-smoke", "full": ROOT / "runs" / "nbval"}
 NOTEBOOK_GROUP = "notebooks"
-NOTEBOOK_TESTS = ("tests/test_grading_homework.py", "tests/test_nbval_smoke.py")
-"""The test modules of the notebooks tier: they run after nbval, in its worker."""
+NOTEBOOK_TESTS = ("tests/test_grading_homework.py", "tests/test_nbval_smoke.py",
+                  "tests/test_grading_full.py")
+"""The test modules that reuse what nbval executed (the notebooks tier, and the full-size
+grade of the slow tier): they run after nbval, in its worker."""
 EXECUTED = pytest.StashKey[dict]()  # stage: cells that passed
 CELLS = pytest.StashKey[dict]()  # stage: cells collected
 
