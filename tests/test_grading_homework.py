@@ -7,9 +7,11 @@ else one made here with the pipeline. One batch then grades, against it and with
 the shipped rubric's checks and tolerances (its parameters replaced by the same
 smoke settings), the student versions of the two notebooks, each beside the solution
 module, completed five ways: with the reference's own solutions, with three
-deliberate mistakes, and with a forged IWAE value. Each mistake must fail exactly the
-checks it breaks; the forgery changes nothing, since the grader computes the IWAE
-bound itself from the recorded weights.
+deliberate mistakes, and with a forged IWAE value; and a forged submission that
+trains nothing and records the reference's own metrics. Each mistake must fail
+exactly the checks it breaks; the forged IWAE value changes nothing, since the
+grader computes the metrics itself from the recorded weights, and the forged
+submission fails its metrics with the values the grader recomputed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 
 import nbformat
 import pytest
+from nbformat.v4 import new_code_cell, new_notebook
 
 from vae_helpers.course import pipeline, student
 from vae_helpers.grading import batch, rubric
@@ -60,6 +63,38 @@ def submission(folder, versions, references, changes=None, drop=None):
         nbformat.write(nb, folder / f"{name}.ipynb")
 
 
+def forged(folder, reference):
+    """A submission that trains nothing: noise in every figure, the weights of an untrained
+    VAE, and the reference run's own test ELBO and IWAE values (which the published
+    notebooks print)."""
+    from vae_helpers.grading import recorded
+
+    claims = recorded.load(reference)
+    folder.mkdir()
+    (folder / student.STUDENT_MODULE).write_text(
+        (pipeline.notebook_dir() / student.STUDENT_MODULE).read_text(encoding="utf-8"))
+    nbformat.write(new_notebook(cells=[
+        new_code_cell('run_dir = "runs/homework"', metadata={"tags": ["parameters"]}),
+        new_code_cell(f"""
+import numpy as np
+from vae_helpers import plots
+from vae_helpers.course import record
+import vae_homework
+
+record.set_run_dir(run_dir)
+rng = np.random.default_rng(0)
+for name, n in [("real_10x10", 10), ("samples_10x10", 10), ("reconstructions_10x10", 10),
+                ("manifold_20x20", 20)]:
+    record.figure(name, plots.plot_grid(rng.random((n * n, 784)), n, n))
+record.figure("latent_scatter", plots.plot_latent_scatter(rng.normal(size=(100, 2)),
+                                                          rng.integers(0, 10, 100)))
+record.weights(vae_homework.VAE().weights())
+record.metric("test_elbo", {claims.metric("test_elbo")!r}, n_test=500)
+record.metric("iwae_log_likelihood", {claims.metric("iwae_log_likelihood")!r}, k=16)
+""")], metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                "language": "python"}}), folder / "03_train.ipynb")
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, notebooks_executed):
     """The run directory of a smoke-sized run of the homework's notebooks."""
@@ -95,6 +130,7 @@ def graded(tmp_path_factory, reference):
         "03_train": lambda code: code.replace(
             "record.history(history)", "record.history(history)\n"
             'record.metric("iwae_log_likelihood", 999.0, k=16)')})
+    forged(subs / "forged", reference)
     parameters = "\n".join(f"{k} = {v}" for k, v in SMOKE.items())
     text = rubric.DEFAULT.read_text().split("[parameters]")[0]
     (root / "rubric.toml").write_text(f"{text}[parameters]\n{parameters}\n\n[limits]\n"
@@ -116,7 +152,13 @@ def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
     assert [n["status"] for n in grade["notebooks"]] == ["ok", "ok"]
     assert grade["notebooks"][0]["parameters"]["epochs"] == 2
     page = (graded[1] / "grades" / "same" / "report.html").read_text()
-    assert "Learning curves" in page and page.count("data:image/png;base64,") == 2 * 5 + 1
+    # five figures of each run, four drawn again from the weights, the learning curves
+    assert "Learning curves" in page and page.count("data:image/png;base64,") == 2 * 5 + 4 + 1
+    assert sorted(p.name for p in (graded[1] / "grades" / "same" / "regenerated").iterdir()) \
+        == ["latent_scatter.png", "manifold_20x20.png", "reconstructions_10x10.png",
+            "samples_10x10.png"]
+    reasons = {c["name"]: c["reason"] for c in grade["checks"]}
+    assert reasons["reported.test_elbo"].startswith("reported ")
 
 
 def test_a_latent_space_of_three_dimensions(graded):
@@ -137,11 +179,23 @@ def test_a_missing_manifold(graded):
     assert failed(graded[0]["no_manifold"]) == {"record.manifold_20x20", "grid.manifold_20x20"}
 
 
-def test_an_elbo_far_off_the_reference(graded):
-    grade = graded[0]["elbo_off"]
-    assert failed(grade) == {"metric.test_elbo"}
-    reason = next(c["reason"] for c in grade["checks"] if c["name"] == "metric.test_elbo")
-    assert "beyond ±3" in reason
+def test_a_reported_elbo_that_its_weights_do_not_give(graded):
+    grade = graded[0]["elbo_off"]  # recorded -ELBO: the grader's own value is still right
+    assert failed(grade) == {"reported.test_elbo"}
+    reason = next(c["reason"] for c in grade["checks"] if c["name"] == "reported.test_elbo")
+    assert "recomputed" in reason and reason.endswith("the sign is flipped (record the "
+                                                      "ELBO, not the loss −ELBO)")
+
+
+def test_a_forged_submission_fails_its_metrics_with_the_recomputed_values(graded):
+    grade = graded[0]["forged"]
+    reasons = {c["name"]: c["reason"] for c in grade["checks"] if not c["passed"]}
+    assert {"metric.test_elbo", "metric.iwae_log_likelihood", "reported.test_elbo"} <= \
+        reasons.keys()
+    for name in ("metric.test_elbo", "metric.iwae_log_likelihood"):
+        assert "(recomputed by the grader from the recorded weights)" in reasons[name]
+        assert "beyond" in reasons[name]
+    assert "the recorded value is not what these weights give" in reasons["reported.test_elbo"]
 
 
 def test_the_iwae_bound_is_the_graders_own_from_the_weights(graded):
@@ -150,5 +204,5 @@ def test_the_iwae_bound_is_the_graders_own_from_the_weights(graded):
         assert failed(grade) == set(), who
         reason = next(c["reason"] for c in grade["checks"]
                       if c["name"] == "metric.iwae_log_likelihood")
-        assert "(computed by the grader from the recorded weights)" in reason
+        assert "(recomputed by the grader from the recorded weights)" in reason
         assert not reason.startswith("999.00")

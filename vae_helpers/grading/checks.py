@@ -18,7 +18,13 @@ in this order:
     the recorded model spec has the value the rubric states;
 ``metric.NAME``
     the metric is within the rubric's tolerance of the reference's value (and was
-    computed with the same details, e.g. IWAE's ``k``, where the rubric asks).
+    computed with the same details, e.g. IWAE's ``k``, where the rubric asks); for a
+    metric the rubric marks ``recompute``, the value is the grader's own
+    (``grading.recompute``), whatever the submission recorded;
+``reported.NAME``
+    for a metric the rubric marks ``reported``: the value the submission recorded
+    agrees with the grader's recomputation from the recorded weights within the
+    rubric's ``n_se`` Monte Carlo standard errors ("reported 142.4, recomputed 98.1").
 
 Checks count towards passing unless the rubric lists them as informational.
 """
@@ -60,7 +66,8 @@ def run_checks(rubric: Rubric, reference: Records, submission: Records,
              record.WEIGHTS_NAME: "weights"}
     listed = list(dict.fromkeys([*rubric.required, *rubric.informational]))
     for name in listed:
-        found.append((f"record.{name}", *_record(submission, name, kinds.get(name))))
+        found.append((f"record.{name}", *_record(submission, name, kinds.get(name),
+                                                 rubric.metrics.get(name))))
     for name, problem in submission.problems.items():
         if name not in listed and name != FILE_PROBLEM:
             found.append((f"record.{name}", False, problem))
@@ -71,6 +78,9 @@ def run_checks(rubric: Rubric, reference: Records, submission: Records,
         found.append((f"spec.{key}", *_spec(spec, key, want)))
     for name, rule in rubric.metrics.items():
         found.append((f"metric.{name}", *_metric(reference, submission, name, rule)))
+    for name, rule in rubric.metrics.items():
+        if rule.get("reported") and name in submission.claimed:
+            found.append((f"reported.{name}", *_reported(submission, name, rule)))
     optional = {f"record.{n}" for n in rubric.informational} | set(rubric.informational_checks)
     optional |= {f"record.{n}" for n in submission.problems if n not in listed}
     required = {f"record.{n}" for n in rubric.required}
@@ -95,8 +105,13 @@ def _missing(records: Records, name: str) -> str:
     return "not recorded"
 
 
-def _record(records: Records, name: str, kind: str | None) -> tuple[bool, str]:
+def _record(records: Records, name: str, kind: str | None,
+            rule: dict | None = None) -> tuple[bool, str]:
     entry = records.entries.get(name)
+    if rule and rule.get("reported") and name in records.claimed:
+        entry, problem = records.claimed[name]  # what the submission itself recorded
+        if entry is None:
+            return False, problem or records.problems.get(FILE_PROBLEM) or "not recorded"
     if entry is None:
         return False, _missing(records, name)
     if kind is not None and entry["kind"] != kind:
@@ -151,6 +166,28 @@ def _spec(spec: dict | None, key: str, want) -> tuple[bool, str]:
     return False, f"{key} = {have!r}; the homework asks for {want!r}"
 
 
+def _reported(records: Records, name: str, rule: dict) -> tuple[bool, str]:
+    from vae_helpers.grading.recompute import standard_error
+
+    claim, problem = records.claimed[name]
+    if claim is None or claim["kind"] != "metric":
+        return False, f"no {name} recorded to compare ({problem or 'not recorded'})"
+    computed = records.entries.get(name)
+    if computed is None or computed["details"].get("computed_by") != "grader":
+        return False, (f"reported {claim['value']:.2f}, but nothing to compare it with "
+                       f"({_missing(records, name)})")
+    reported, value = claim["value"], computed["value"]
+    se = standard_error(computed)
+    allowed = rule["n_se"] * se if se is not None else 0.0
+    said = (f"reported {reported:.2f}, recomputed {value:.2f} from the recorded weights "
+            f"(± {allowed:.2f}, {rule['n_se']:g} standard errors of the noise of z)")
+    if abs(reported - value) <= allowed:
+        return True, said
+    if reported * value < 0 and abs(reported + value) <= allowed:
+        return False, said + ": the sign is flipped (record the ELBO, not the loss −ELBO)"
+    return False, said + ": the recorded value is not what these weights give"
+
+
 def _metric(reference: Records, submission: Records, name: str, rule: dict) -> tuple[bool, str]:
     ref = reference.entries.get(name)
     if ref is None or ref["kind"] != "metric":
@@ -168,7 +205,7 @@ def _metric(reference: Records, submission: Records, name: str, rule: dict) -> t
     value, expected, tolerance = got["value"], ref["value"], rule["tolerance"]
     difference = value - expected
     verdict = abs(difference) <= tolerance
-    source = (" (computed by the grader from the recorded weights)"
+    source = (" (recomputed by the grader from the recorded weights)"
               if got["details"].get("computed_by") == "grader" else "")
     return verdict, (f"{value:.2f}{source} vs the reference's {expected:.2f}: a difference of "
                      f"{difference:+.2f}, {'within' if verdict else 'beyond'} ±{tolerance:g}")

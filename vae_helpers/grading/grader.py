@@ -14,11 +14,15 @@ in name order in one working copy, sharing one run directory. ``grade``
    the cells after it still run. A notebook that is stopped (time, memory, disk)
    costs only its own records: the next notebooks still run, and fail on what
    they find missing;
-3. reads the records back as untrusted input (``vae_helpers.grading.recorded``) and runs
-   the checks (``vae_helpers.grading.checks``) against the rubric and the reference run;
+3. reads the records back as untrusted input (``vae_helpers.grading.recorded``),
+   computes the rubric's ``recompute`` metrics itself from the recorded weights
+   (``vae_helpers.grading.recompute``), and runs the checks
+   (``vae_helpers.grading.checks``) against the rubric and the reference run;
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
-   256 KB of what the processes printed), ``DIR/report.html`` (the comparison
-   with the reference and the checks) and, last, ``DIR/grade.json``: the checks,
+   256 KB of what the processes printed), ``DIR/regenerated/`` (the graded figures
+   drawn again by the grader from the recorded weights, ``recompute.regenerate``),
+   ``DIR/report.html`` (the comparison with the reference, the regenerated figures
+   beside the submission's, and the checks) and, last, ``DIR/grade.json``: the checks,
    the summary and score, the timings, the sandbox, the versions, and the hashes
    of the submission, the rubric and the reference's records.
 
@@ -170,8 +174,14 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             entry.update(_run(notebook, names, work, out, rubric, box, data, hidden))
             problems += entry.pop("problems")
         records = recorded.load(work / "run")
-        log(f"{name}: computing the metrics of its recorded weights")
-        recompute.recompute(records, reference_records, rubric, data)
+        if any(rule["recompute"] for rule in rubric.metrics.values()):
+            log(f"{name}: computing the metrics of its recorded weights")
+            recompute.recompute(records, reference_records, rubric, data)
+        regenerated = recompute.regenerate(records, reference_records, data)
+        if regenerated:
+            (out / "regenerated").mkdir(exist_ok=True)
+        for figure, image in regenerated.items():
+            io.atomic_write_bytes(out / "regenerated" / f"{figure}.png", image)
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
         result = {
             "format": FORMAT, "student": name,
@@ -192,7 +202,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
                                  name)
         page = report.render_comparison(
             f"Grade of {name}", data_view, reference_records, records, ("reference", name),
-            curves, checks, result,
+            curves, checks, result, regenerated=regenerated,
             subtitle=f"submission: {result['submission']['path']} · reference run: "
                      f"{result['reference']['path']} · rubric: {result['rubric']['path']}")
         io.atomic_write_text(out / "report.html", page)

@@ -6,9 +6,24 @@ A submission records its trained homework VAE as named float32 arrays
 reference ``VAE`` with the parametrization the student interface fixes
 (``model.from_homework_weights``) and computes the metrics the rubric marks
 ``recompute = true`` (``rubric.COMPUTABLE`` lists what can be) on the MNIST test set
-with the reference run's settings (its ``k`` and number of test images). The value
-replaces whatever the submission recorded under that name: a submission's own claim
-about these metrics is not used.
+with the reference run's settings (its number of test images, and the IWAE bound's
+``k``):
+
+``test_elbo``
+    the mean ELBO of the test images (``data.test_set``, their one fixed
+    dequantization), from ``ELBO_DRAWS`` draws of z per image. The spread of each
+    image's draws gives the Monte Carlo standard error of a one-draw estimate such as
+    the notebook's, which the ``reported.test_elbo`` check uses;
+``iwae_log_likelihood``
+    the importance-weighted bound with the reference's ``k``.
+
+The value replaces whatever the submission recorded under that name: a submission's
+own claim is kept apart, in ``Records.claimed``, and compared with the recomputed
+value only (check ``reported.NAME``, for metrics the rubric marks ``reported = true``).
+
+``regenerate`` draws the graded figures again from the same weights (samples from
+the prior, reconstructions of fixed test digits, the test set's latent scatter and
+the manifold over the codes' range), for the report to show beside the submission's.
 """
 
 from __future__ import annotations
@@ -16,17 +31,24 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
+
 from vae_helpers.course import record
 from vae_helpers.grading.recorded import Records
 from vae_helpers.grading.rubric import Rubric
 
 #: seeds the grader's own Monte Carlo draws (not the submission's)
 SEED = 7
+#: draws of z per test image for the recomputed test ELBO
+ELBO_DRAWS = 4
+#: the test digits whose reconstructions the report shows (chosen with this seed)
+FIGURE_SEED = 0
 
 
 def recompute(submission: Records, reference: Records, rubric: Rubric, data: Path) -> None:
     """Put the grader's own values of the rubric's ``recompute`` metrics into
-    ``submission`` (in place).
+    ``submission`` (in place), and what the submission recorded under those names into
+    ``submission.claimed``.
 
     A metric the reference run does not have is left alone. Without valid weights,
     the metric becomes a problem that says so, whatever the submission recorded.
@@ -36,7 +58,8 @@ def recompute(submission: Records, reference: Records, rubric: Rubric, data: Pat
     if not wanted:
         return
     for name in wanted:
-        submission.entries.pop(name, None)
+        submission.claimed[name] = (submission.entries.pop(name, None),
+                                    submission.problems.get(name))
     weights = submission.entries.get(record.WEIGHTS_NAME)
     if weights is None or weights["kind"] != "weights":
         why = submission.problems.get(record.WEIGHTS_NAME, "no weights were recorded")
@@ -44,9 +67,14 @@ def recompute(submission: Records, reference: Records, rubric: Rubric, data: Pat
             submission.problems[name] = (f"not computed: the grader computes {name} from the "
                                          f"recorded weights, and {why}")
         return
+    test = _test_images(reference, data)
     for name in wanted:
         details = reference.entries[name]["details"]
-        value, used = _compute(name, weights["arrays"], details, data)
+        try:
+            value, used = _compute(name, weights["arrays"], details, test)
+        except (ValueError, ArithmeticError) as err:  # weights the reference VAE cannot use
+            submission.problems[name] = f"not computed from the recorded weights: {err}"
+            continue
         if not math.isfinite(value):
             submission.problems[name] = (f"computed by the grader from the recorded weights: "
                                          f"{value} (not a finite number)")
@@ -56,19 +84,91 @@ def recompute(submission: Records, reference: Records, rubric: Rubric, data: Pat
                                     "details": {**used, "computed_by": "grader"}}
 
 
-def _compute(name: str, arrays: dict, details: dict, data: Path) -> tuple[float, dict]:
+def _test_images(reference: Records, data: Path):
+    """The test images as every recomputed metric uses them: the reference run's number."""
     from vae_helpers import data as data_lib
-    from vae_helpers.evaluate import iwae_log_likelihood
+
+    _, (x_test, labels) = data_lib.load_mnist(data)
+    counts = [(reference.entries.get(n) or {}).get("details", {}).get("n_test")
+              for n in ("test_elbo", "iwae_log_likelihood")]
+    n_test = next((n for n in counts if isinstance(n, int) and not isinstance(n, bool)), None)
+    if n_test is not None and 0 < n_test < len(x_test):
+        x_test, labels = x_test[:n_test], labels[:n_test]
+    return x_test, labels
+
+
+def _compute(name: str, arrays: dict, details: dict, test) -> tuple[float, dict]:
+    from vae_helpers import data as data_lib
+    from vae_helpers.evaluate import evaluate_elbo, iwae_log_likelihood
     from vae_helpers.model import from_homework_weights
 
-    if name != "iwae_log_likelihood":
-        raise ValueError(f"the grader cannot compute {name}")
     model = from_homework_weights(arrays)
-    _, (x_test, _) = data_lib.load_mnist(data)
-    n_test = details.get("n_test")
-    if isinstance(n_test, int) and 0 < n_test < len(x_test):
-        x_test = x_test[:n_test]
-    k = int(details.get("k") or 1000)
+    x = data_lib.test_set(test[0], model.likelihood.data_variant)
+    if name == "test_elbo":
+        draws = np.stack([evaluate_elbo(model, x, seed=SEED + i, per_example=True)["elbo"]
+                          for i in range(ELBO_DRAWS)]).astype(np.float64)  # [draws, N]
+        noise = float(draws.var(axis=0, ddof=1).mean())  # an image's variance over z
+        return float(draws.mean()), {"n_test": int(x.shape[0]), "draws": ELBO_DRAWS,
+                                     "noise_variance": noise}
+    if name == "iwae_log_likelihood":
+        k = int(details.get("k") or 1000)
+        value = iwae_log_likelihood(model, x, k=k, seed=SEED)
+        return float(value), {"k": k, "n_test": int(x.shape[0])}
+    raise ValueError(f"the grader cannot compute {name}")
+
+
+def standard_error(entry: dict) -> float | None:
+    """The standard error of the difference between a one-draw estimate of the test ELBO
+    on the same images (as a notebook reports it) and the grader's ``entry``; ``None``
+    when ``entry`` does not carry the noise of its draws."""
+    details = entry.get("details") or {}
+    noise, n, draws = (details.get(k) for k in ("noise_variance", "n_test", "draws"))
+    if not all(isinstance(v, (int, float)) for v in (noise, n, draws)) or n <= 0:
+        return None
+    return math.sqrt(noise * (1.0 / n + 1.0 / (n * draws)))
+
+
+def regenerate(submission: Records, reference: Records, data: Path) -> dict:
+    """The graded figures drawn again from the recorded weights, as PNG bytes by record
+    name (empty without valid weights, or weights the reference VAE cannot load)."""
+    import io as _io
+
+    import matplotlib.pyplot as plt
+
+    from vae_helpers import data as data_lib
+    from vae_helpers import plots
+    from vae_helpers.backend import tf
+    from vae_helpers.model import from_homework_weights
+
+    weights = submission.entries.get(record.WEIGHTS_NAME)
+    if weights is None or weights["kind"] != "weights":
+        return {}
+    try:
+        model = from_homework_weights(weights["arrays"])
+    except (ValueError, ArithmeticError):
+        return {}
+    x_test, labels = _test_images(reference, data)
     x = data_lib.test_set(x_test, model.likelihood.data_variant)
-    value = iwae_log_likelihood(model, x, k=k, seed=SEED)
-    return float(value), {"k": k, "n_test": int(x.shape[0])}
+    chosen = np.random.default_rng(FIGURE_SEED).choice(int(x.shape[0]), 100, replace=False)
+    real = tf.gather(x, chosen)
+    z = tf.random.stateless_normal([100, model.latent_dim], seed=[SEED, 0])
+    figures = {
+        "samples_10x10": plots.plot_grid(model.decode(z).numpy(), 10, 10,
+                                         "100 samples: z ~ p(z), then the mean f(z, w)"),
+        "reconstructions_10x10": plots.plot_grids_side_by_side(
+            real.numpy(), model.reconstruct(real).numpy(), "100 test digits",
+            "their reconstructions f(μ(x), w)"),
+    }
+    if model.latent_dim == 2:
+        codes = np.concatenate([model.infer(x[i:i + 2000]).mean().numpy()
+                                for i in range(0, int(x.shape[0]), 2000)])
+        figures["latent_scatter"] = plots.plot_latent_scatter(codes, labels)
+        figures["manifold_20x20"] = plots.plot_manifold(
+            model, *plots.range_grid(codes, 20), "20×20 manifold over the codes' range")
+    found = {}
+    for name, fig in figures.items():
+        buffer = _io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        found[name] = buffer.getvalue()
+    return found

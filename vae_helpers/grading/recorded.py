@@ -40,6 +40,9 @@ class Records:
     directory: Path
     entries: dict = field(default_factory=dict)
     problems: dict = field(default_factory=dict)
+    #: for each metric the grader computed itself (``grading.recompute``), what the run
+    #: recorded under that name: ``(entry or None, problem or None)``
+    claimed: dict = field(default_factory=dict)
 
     def kind(self, name: str) -> str | None:
         """The kind of a valid record (``metric``, ``figure``, ...), or ``None``."""

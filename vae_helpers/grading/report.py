@@ -87,9 +87,11 @@ def table(headers, rows, classes=None) -> str:
 
 
 def render_comparison(title: str, data: dict, a: Records, b: Records, labels, curves=None,
-                      checks=None, grade: dict | None = None, subtitle: str = "") -> str:
+                      checks=None, grade: dict | None = None, subtitle: str = "",
+                      regenerated: dict | None = None) -> str:
     """The report page: optional grade header and checks, then the comparison of ``a``
-    (left, labelled ``labels[0]``) with ``b`` (right)."""
+    (left, labelled ``labels[0]``) with ``b`` (right); ``regenerated`` (PNG bytes by
+    figure name, drawn by the grader from ``b``'s weights) adds a third column."""
     la, lb = (esc(x) for x in labels)
     parts = [f"<h1>{esc(title)}"]
     if grade is not None:
@@ -106,7 +108,7 @@ def render_comparison(title: str, data: dict, a: Records, b: Records, labels, cu
             {i: "bad" for i, c in enumerate(checks) if not c.passed and c.required}))
     parts.append(_metrics(data, la, lb))
     parts.append(_spec(data, la, lb))
-    parts.append(_figures(data, a, b, la, lb))
+    parts.append(_figures(data, a, b, la, lb, regenerated or {}))
     if curves:
         parts.append("<h2>Learning curves</h2>"
                      f'<div class="figs" style="grid-template-columns:1fr">'
@@ -188,10 +190,14 @@ def _value(value) -> str:
     return str(value)
 
 
-def _figures(data: dict, a: Records, b: Records, la: str, lb: str) -> str:
+def _figures(data: dict, a: Records, b: Records, la: str, lb: str,
+             regenerated: dict) -> str:
     if not data["figures"]:
         return ""
     parts = ["<h2>Figures</h2>"]
+    if regenerated:
+        parts.append('<p class="sub">The third column is drawn by the grader from the '
+                     "submission's recorded weights: what its own figure should show.</p>")
     for row in data["figures"]:
         name = row["name"]
         cells = []
@@ -203,7 +209,15 @@ def _figures(data: dict, a: Records, b: Records, la: str, lb: str) -> str:
                     or "not recorded"
                 body = f'<div class="missing">{esc(why)}</div>'
             cells.append(f"<div><h3><code>{esc(name)}</code> · {label}</h3>{body}</div>")
-        parts.append(f'<div class="figs">{"".join(cells)}</div>')
+        style = ""
+        if regenerated:
+            style = ' style="grid-template-columns:1fr 1fr 1fr"'
+            again = regenerated.get(name)
+            body = (png(again, f"{name} (regenerated)") if again else
+                    '<div class="missing muted">not drawn from the weights</div>')
+            cells.append(f"<div><h3><code>{esc(name)}</code> · regenerated from its weights"
+                         f"</h3>{body}</div>")
+        parts.append(f'<div class="figs"{style}>{"".join(cells)}</div>')
     return "".join(parts)
 
 

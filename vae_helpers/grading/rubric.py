@@ -18,7 +18,10 @@ from vae_helpers.course import record
 
 DEFAULT = Path(__file__).with_name("rubric.toml")
 #: the metrics the grader can compute from recorded weights (``grading.recompute``)
-COMPUTABLE = ("iwae_log_likelihood",)
+COMPUTABLE = ("test_elbo", "iwae_log_likelihood")
+#: the metrics whose recorded value can be compared with the grader's, within Monte Carlo
+#: noise (``checks``: ``reported.NAME``)
+REPORTABLE = ("test_elbo",)
 TABLES = {"records", "grids", "spec", "metrics", "checks", "parameters", "parameters_none",
           "limits"}
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
@@ -38,8 +41,11 @@ class Rubric:
         grids: figure name -> n (an n×n grid of 28×28 images).
         spec: key -> the value the recorded model spec must have.
         metrics: metric name -> ``{"tolerance": float, "same_details": [...],
-            "recompute": bool}``; ``recompute``: the grader computes the metric itself
-            from the recorded weights (``grading.recompute``) instead of reading it.
+            "recompute": bool, "reported": bool, "n_se": float, "tolerance_source": str}``;
+            ``recompute``: the grader computes the metric itself from the recorded
+            weights (``grading.recompute``) instead of reading it; ``reported``: the
+            submission must record it too, within ``n_se`` Monte Carlo standard errors of
+            the grader's value; ``tolerance_source``: how the tolerance was set.
         informational_checks: other checks that do not count towards passing.
         parameters: papermill parameters for the notebooks that declare them.
         limits: ``time_limit`` (s), ``memory_mb``, ``disk_mb``, ``output_mb``,
@@ -118,18 +124,30 @@ def _check(raw: dict, path: Path, sha256: str) -> Rubric:
         if (isinstance(tolerance, bool) or not isinstance(tolerance, (int, float))
                 or not math.isfinite(tolerance) or tolerance < 0):
             _fail(path, f"metrics.{name}", f"tolerance must be a number >= 0, got {tolerance!r}")
-        extra = sorted(set(spec) - {"tolerance", "same_details", "recompute"})
+        keys = ("tolerance", "same_details", "recompute", "reported", "n_se",
+                "tolerance_source")
+        extra = sorted(set(spec) - set(keys))
         if extra:
-            _fail(path, f"metrics.{name}",
-                  f"unknown key {extra[0]} (tolerance, same_details, recompute)")
-        if not isinstance(spec.get("recompute", False), bool):
-            _fail(path, f"metrics.{name}", "recompute must be true or false")
+            _fail(path, f"metrics.{name}", f"unknown key {extra[0]} ({', '.join(keys)})")
+        for key in ("recompute", "reported"):
+            if not isinstance(spec.get(key, False), bool):
+                _fail(path, f"metrics.{name}", f"{key} must be true or false")
         if spec.get("recompute") and name not in COMPUTABLE:
             _fail(path, f"metrics.{name}", f"the grader can compute {', '.join(COMPUTABLE)} "
                   f"from the weights, not {name}")
+        if spec.get("reported") and not (spec.get("recompute") and name in REPORTABLE):
+            _fail(path, f"metrics.{name}", "reported = true needs recompute = true, and is "
+                  f"possible for {', '.join(REPORTABLE)}")
+        n_se = spec.get("n_se", 5.0)
+        if isinstance(n_se, bool) or not isinstance(n_se, (int, float)) or not n_se > 0:
+            _fail(path, f"metrics.{name}", f"n_se must be a positive number, got {n_se!r}")
+        if not isinstance(spec.get("tolerance_source", ""), str):
+            _fail(path, f"metrics.{name}", "tolerance_source must be a string")
         metrics[name] = {"tolerance": float(tolerance), "same_details": list(
             _names(path, f"metrics.{name}", "same_details", spec.get("same_details", []))),
-            "recompute": bool(spec.get("recompute", False))}
+            "recompute": bool(spec.get("recompute", False)),
+            "reported": bool(spec.get("reported", False)), "n_se": float(n_se),
+            "tolerance_source": spec.get("tolerance_source", "")}
     parameters = dict(tables["parameters"])
     for name in parameters:
         if not name.isidentifier():
