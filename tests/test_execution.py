@@ -83,6 +83,26 @@ def test_a_notebook_over_its_memory_cap_is_killed_with_its_kernel(tmp_path):
     assert gone(int((tmp_path / "pid").read_text()))
 
 
+def test_a_notebook_starting_more_processes_than_its_cap_is_killed_with_them(tmp_path):
+    """A real fork loop (each child sleeps, so it stays small) is stopped at the cap."""
+    source = notebook(tmp_path / "n.ipynb",
+                      "import os\nopen('pid', 'w').write(str(os.getpid()))",
+                      "import os, time\nfor i in range(300):\n    if os.fork() == 0:\n"
+                      "        open(f'child{i}', 'w').write(str(os.getpid()))\n"
+                      "        time.sleep(120)\n        os._exit(0)\n    time.sleep(0.02)\n"
+                      "time.sleep(120)")
+    started = time.perf_counter()
+    outcome = execution.run_notebook(source, tmp_path / "out.ipynb", {}, cwd=tmp_path,
+                                     limits=execution.Limits(timeout=100, processes=12))
+    assert outcome.status == "processes"
+    assert outcome.message == "started more than the cap of 12 processes and was stopped"
+    assert time.perf_counter() - started < 60  # stopped at the cap, not at the time limit
+    children = [int(p.read_text()) for p in tmp_path.glob("child*") if p.read_text()]
+    assert 10 <= len(children) < 300  # the loop ran, and was cut short
+    assert gone(int((tmp_path / "pid").read_text()))
+    assert all(gone(pid) for pid in children)
+
+
 def test_files_larger_than_the_limit_cannot_be_written(tmp_path):
     source = notebook(tmp_path / "n.ipynb",
                       "open('big', 'wb').write(b'x' * 3 * 2**20)")

@@ -5,8 +5,8 @@ TensorFlow), so a grade takes seconds. One batch, graded once for the module,
 holds a good submission and every kind of hostile one: each must end as a failed
 check with a clear reason, the good one must still pass, and nothing outside a
 submission's own working directory may change. With bubblewrap available the
-batch runs sandboxed; without it the attacks on other files are left out, since
-nothing would stop them.
+batch runs sandboxed; without it (``--sandbox off``, said so in the grades) the
+attacks on other files are left out, since nothing would stop them.
 """
 
 from __future__ import annotations
@@ -27,6 +27,19 @@ from vae_helpers.grading import batch, grader, rubric, sandbox
 pytestmark = pytest.mark.unit
 
 PACKAGE = Path(vae_helpers.__file__).resolve().parent
+SECRET = ("VAE_GRADER_TEST_SECRET", "s3cret-token-of-the-grader")
+SNOOP = '''
+import json, os, vae_helpers
+def attempt(action, path):
+    try:
+        return sorted(os.listdir(path)) if action == "list" else open(path).read()[:20]
+    except OSError as err:
+        return err.strerror
+print(json.dumps({"environ": dict(os.environ), "shadow": attempt("read", "/etc/shadow"),
+                  "root": attempt("list", "/root"), "home": attempt("list", "/home"),
+                  "beside": attempt("list", os.path.dirname(os.path.dirname(
+                      os.path.realpath(vae_helpers.__file__))))}))
+'''
 FIGURES = '''
 import matplotlib.pyplot as plt
 import numpy as np
@@ -70,6 +83,7 @@ disk_mb = 64
 output_mb = 2
 file_mb = 64
 submission_mb = 5
+processes = 24
 ''')
 
 
@@ -147,6 +161,11 @@ json.dump({"records": {
                  f"print(open({str(setup['reference'] / 'records.json')!r}).read())",
                  f"import shutil\nshutil.rmtree({str(setup['reference'])!r})",
                  *[f"open({str(t)!r}, 'a').write('overwritten')" for t in targets])
+    notebook(folder / "forks.ipynb",  # a fork loop: each child becomes a small sleep
+             "import os, time\nfor i in range(500):\n    if os.fork() == 0:\n"
+             "        os.execv('/bin/sleep', ['sleep', '300'])\n    time.sleep(0.02)\n"
+             "time.sleep(300)")
+    notebook(folder / "snoop.ipynb", SNOOP)
     (folder / "corrupt.ipynb").write_text("{not json")
     (folder / "fake.ipynb").write_text('{"hello": 1}')
     (folder / "bulky").mkdir()
@@ -156,16 +175,24 @@ json.dump({"records": {
     (folder / "notes.txt").write_text("not a submission")
 
 
+def usable_box() -> sandbox.Sandbox:
+    """Bubblewrap where it works; else the sandbox turned off, as a user must ask for."""
+    found = sandbox.detect()
+    return found if found.isolated else sandbox.probe("off")
+
+
 @pytest.fixture(scope="module")
 def hostile_batch(setup):
-    box = sandbox.probe("auto")
+    box = usable_box()
     submissions = setup["root"] / "submissions"
     hostile_submissions(submissions, setup, box.isolated)
     before = snapshot(setup["reference"], PACKAGE, submissions)
     messages = []
     out = setup["root"] / "batch"
-    rows = batch.grade_batch(submissions, setup["reference"], out, rubric=setup["rubric"],
-                             data=setup["data"], jobs=2, sandbox=box, log=messages.append)
+    with pytest.MonkeyPatch.context() as patch:  # in the grader's environment, not the notebook's
+        patch.setenv(*SECRET)
+        rows = batch.grade_batch(submissions, setup["reference"], out, rubric=setup["rubric"],
+                                 data=setup["data"], jobs=2, sandbox=box, log=messages.append)
     grades = {r["student"]: json.loads((out / r["student"] / "grade.json").read_text())
               for r in rows if r["status"] != "ERROR"}
     return {"rows": {r["student"]: r for r in rows}, "grades": grades, "out": out,
@@ -205,12 +232,14 @@ def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
                                   "name enclosed in double quotes: line 1 column 2 (char 1))")
     assert reasons["fake"] == ("fake.ipynb: not a Jupyter notebook (no list of cells in "
                                "nbformat 4)")
+    assert reasons["forks"] == ("forks.ipynb: started more than the cap of 24 processes and "
+                                "was stopped")
     assert reasons["bulky"] == "the submission has 6.0 MB, more than the 5 allowed"
     assert reasons["nobody"] == "the submission holds no .ipynb notebook"
     assert reasons["badrecords"] == ("badrecords.ipynb: In [2]: RecordError: junk: nan is not "
                                      "a finite number")
-    for student in ("raises", "loops", "prints", "hog", "fills", "corrupt", "fake", "bulky",
-                    "nobody"):
+    for student in ("raises", "loops", "prints", "hog", "fills", "forks", "corrupt", "fake",
+                    "bulky", "nobody", "snoop"):
         assert hostile_batch["rows"][student]["status"] == "FAIL"
         assert failures(grades[student])["record.test_elbo"] in (
             "no records.json: nothing was recorded", "not recorded")
@@ -218,9 +247,37 @@ def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
     assert printed.stat().st_size < 3 * 2**20  # the 200 MB were not kept
     assert "[output truncated" in printed.read_text()
     assert sorted(hostile_batch["rows"]) == sorted(
-        {"alice", "raises", "loops", "prints", "hog", "fills", "badrecords", "corrupt", "fake",
-         "bulky", "nobody"} | ({"attack"} if hostile_batch["box"].isolated else set()))
+        {"alice", "raises", "loops", "prints", "hog", "fills", "forks", "snoop", "badrecords",
+         "corrupt", "fake", "bulky", "nobody"}
+        | ({"attack"} if hostile_batch["box"].isolated else set()))
     assert "ignored (neither a notebook nor a folder): notes.txt" in hostile_batch["messages"]
+
+
+def test_the_graders_environment_and_files_do_not_reach_a_submission(hostile_batch, setup):
+    executed = json.loads((hostile_batch["out"] / "snoop" / "notebooks" / "snoop.ipynb"
+                           ).read_text())
+    text = executed["cells"][0]["outputs"][0]["text"]
+    seen = json.loads("".join(text) if isinstance(text, list) else text)
+    environ = seen["environ"]
+    assert environ["VAE_MNIST"] == str(setup["data"].resolve())  # the listing is real
+    assert SECRET[0] not in environ and SECRET[1] not in json.dumps(environ)
+    work = hostile_batch["out"] / "snoop" / "work"
+    box = hostile_batch["box"]
+    expected = grader._environment(box, work, Path(environ["VAE_MNIST"]))
+    assert {k: environ[k] for k in expected} == expected
+    # the rest is what the kernel sets for itself (colours, pagers, its parent, its backend)
+    kernel_own = {"CLICOLOR", "CLICOLOR_FORCE", "FORCE_COLOR", "GIT_PAGER", "PAGER", "TERM",
+                  "JPY_PARENT_PID", "JPY_SESSION_NAME", "MPLBACKEND", "PYDEVD_USE_FRAME_EVAL",
+                  "PWD"}
+    assert set(environ) - set(expected) <= kernel_own, set(environ) - set(expected)
+    if not box.isolated:
+        return
+    assert seen["shadow"] == "No such file or directory"
+    for folder in ("/root", "/home"):
+        ways = sorted({p.relative_to(folder).parts[0] for p in sandbox.environment_paths()
+                       if p.is_relative_to(folder)})
+        assert seen[folder[1:]] == (ways or "No such file or directory")
+    assert "notebooks" not in seen["beside"] and "runs" not in seen["beside"]
 
 
 def test_records_written_behind_the_api_are_checked_again(hostile_batch):
@@ -254,8 +311,8 @@ def test_an_attack_on_other_files_fails_and_changes_nothing(hostile_batch):
     assert reason.startswith("attack.ipynb: In [1]: FileNotFoundError: [Errno 2] No such file")
     assert "more cells raised: In [2], In [3], In [4], In [5], In [6], In [7]" in reason
     errors = attack["notebooks"][0]["cell_errors"]
-    # hidden folders look empty and cannot be written; the rest of the system is read-only
-    assert errors[1].startswith("In [2]: OSError: [Errno 16] Device or resource busy")
+    # the reference run does not exist inside; what is bound is read-only
+    assert errors[1].startswith("In [2]: FileNotFoundError: [Errno 2] No such file")
     assert errors[3].startswith("In [4]: OSError: [Errno 30] Read-only file system: "
                                 f"'{PACKAGE / '__init__.py'}'")
     assert all(e.split(": ")[1] in ("OSError", "FileNotFoundError") for e in errors), errors
@@ -306,7 +363,7 @@ def test_a_batch_never_takes_over_a_folder_that_is_not_a_batch(setup, tmp_path):
     notebook(tmp_path / "subs" / "a.ipynb", "1")
     with pytest.raises(batch.BatchError, match="holds files that are not a batch"):
         batch.grade_batch(tmp_path / "subs", setup["reference"], out, rubric=setup["rubric"],
-                          data=setup["data"])
+                          data=setup["data"], sandbox=usable_box())
     assert (out / "thesis.tex").read_text() == "precious"
     with pytest.raises(batch.BatchError, match="overlaps the submissions folder"):
         batch.grade_batch(tmp_path / "subs", setup["reference"], tmp_path / "subs" / "g",
@@ -320,7 +377,7 @@ def test_a_batch_never_takes_over_a_folder_that_is_not_a_batch(setup, tmp_path):
         batch.find_submissions(tmp_path / "subs")
 
 
-def test_without_a_sandbox_the_batch_warns_once(setup, tmp_path):
+def test_without_a_sandbox_the_batch_warns_once_and_the_grades_say_so(setup, tmp_path):
     subs = tmp_path / "subs"
     subs.mkdir()
     for name in ("a", "b", "c"):
@@ -334,7 +391,37 @@ def test_without_a_sandbox_the_batch_warns_once(setup, tmp_path):
                         "child processes with the grader's permissions (they can read and "
                         "change whatever the grader can)"]
     grade = json.loads((tmp_path / "out" / "a" / "grade.json").read_text())
-    assert grade["sandbox"] == {"kind": "none", "note": "the sandbox is off (--sandbox off)"}
+    assert grade["sandbox"] == {"kind": "none", "isolated": False,
+                                "note": "the sandbox is off (--sandbox off)"}
+    page = (tmp_path / "out" / "a" / "report.html").read_text()
+    assert ('<p class="alert">Not isolated: the sandbox is off (--sandbox off); the submission '
+            "ran with the grader&#x27;s permissions</p>") in page
+    assert "<b>OFF</b>" in page
+
+
+def test_without_a_working_sandbox_grading_refuses_unless_it_is_turned_off(setup, tmp_path,
+                                                                          monkeypatch, capsys):
+    monkeypatch.setattr(sandbox, "_probed", {"result": sandbox.Sandbox(
+        "none", note="bubblewrap (bwrap) is not installed")})
+    (tmp_path / "subs").mkdir()
+    good = good_notebook(tmp_path / "subs" / "hw.ipynb")
+    expected = ("cannot grade in a sandbox: bubblewrap (bwrap) is not installed; install "
+                "bubblewrap (Debian: apt-get install bubblewrap; in a container, allow "
+                "unprivileged user namespaces) or pass --sandbox off to grade without isolation")
+    with pytest.raises(sandbox.SandboxError) as info:
+        grader.grade(good, setup["reference"], tmp_path / "g", rubric=setup["rubric"],
+                     data=setup["data"])
+    assert str(info.value) == expected
+    with pytest.raises(sandbox.SandboxError):
+        batch.grade_batch(tmp_path / "subs", setup["reference"], tmp_path / "b",
+                          rubric=setup["rubric"], data=setup["data"])
+    common = ["--reference", str(setup["reference"]), "--rubric",
+              str(setup["root"] / "rubric.toml"), "--data", str(setup["data"])]
+    for target in ([str(good), "--out", str(tmp_path / "g")],
+                   ["--batch", str(tmp_path / "subs"), "--out", str(tmp_path / "b")]):
+        assert main(["grade", *target, *common]) == 1
+        assert capsys.readouterr().err == f"error: {expected}\n"
+    assert not (tmp_path / "g").exists() and not (tmp_path / "b").exists()
 
 
 def test_the_grader_refuses_what_it_cannot_grade(setup, tmp_path, monkeypatch):
@@ -349,7 +436,7 @@ def test_the_grader_refuses_what_it_cannot_grade(setup, tmp_path, monkeypatch):
                       data="")
     with pytest.raises(grader.GradingError, match="overlaps the reference run"):
         grader.grade(good, setup["reference"], setup["reference"] / "g",
-                      rubric=setup["rubric"], data=setup["data"])
+                      rubric=setup["rubric"], data=setup["data"], sandbox=usable_box())
     rubric_without = rubric.load(setup["root"] / "rubric.toml")
     rubric_without.metrics["bits_per_dim"] = {"tolerance": 1.0, "same_details": []}
     with pytest.raises(grader.GradingError, match="has no valid bits_per_dim to compare"):
@@ -362,7 +449,8 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
     good = good_notebook(tmp_path / "hw.ipynb", offset=2.5)  # within the tolerances
     out = tmp_path / "grade"
     args = ["grade", str(good), "--reference", str(setup["reference"]), "--out", str(out),
-            "--rubric", str(setup["root"] / "rubric.toml"), "--data", str(setup["data"])]
+            "--rubric", str(setup["root"] / "rubric.toml"), "--data", str(setup["data"]),
+            *([] if sandbox.detect().isolated else ["--sandbox", "off"])]
     assert main(args) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[-2] == "PASS: 22 of 22 required checks passed"
@@ -379,7 +467,7 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
     assert "already holds files; pass --force" in capsys.readouterr().err
     corrupt = tmp_path / "corrupt.ipynb"
     corrupt.write_text("{")
-    assert main([*args[:1], str(corrupt), *args[2:-4], "--out", str(tmp_path / "g2"),
+    assert main([*args[:1], str(corrupt), *args[2:4], "--out", str(tmp_path / "g2"),
                  "--rubric", str(setup["root"] / "rubric.toml"), "--data", str(setup["data"]),
                  "--sandbox", "off"]) == 1
     captured = capsys.readouterr()
@@ -393,6 +481,7 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
     (["x.ipynb", "--jobs", "2"], "--jobs and --dask-scheduler go with --batch"),
     (["--batch", "d", "--jobs", "0"], "argument --jobs: expected a positive integer"),
     (["x.ipynb", "--sandbox", "maybe"], "argument --sandbox: invalid choice"),
+    (["x.ipynb", "--sandbox", "auto"], "invalid choice: 'auto' (choose from"),
 ])
 def test_bad_options_are_one_line_errors_with_exit_code_2(extra, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -426,7 +515,7 @@ def test_a_dask_cluster_grades_a_batch(setup, tmp_path, monkeypatch):
     subs.mkdir()
     good_notebook(subs / "ann.ipynb")
     good_notebook(subs / "bob.ipynb", offset=20.0)  # beyond the tolerances
-    box = sandbox.probe("auto")
+    box = usable_box()
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         rows = batch.grade_batch(subs, setup["reference"], tmp_path / "out",
@@ -453,7 +542,7 @@ def test_a_stopped_notebook_costs_only_its_own_records(setup, tmp_path):
     quick = tmp_path / "rubric.toml"
     quick.write_text(RUBRIC.replace("time_limit = 30", "time_limit = 15"))
     grade = grader.grade(bob, setup["reference"], tmp_path / "out", rubric=rubric.load(quick),
-                         data=setup["data"], sandbox=sandbox.probe("auto"))
+                         data=setup["data"], sandbox=usable_box())
     assert [n["status"] for n in grade["notebooks"]] == ["timeout", "ok"]
     assert failures(grade).keys() == {"execution"}
     assert failures(grade)["execution"].startswith("03_train.ipynb: ")

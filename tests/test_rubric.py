@@ -67,6 +67,7 @@ def test_the_shipped_rubric_sets_only_parameters_the_homework_declares():
      r"tolerance_source must be a string"),
     ("[limits]\ntime = 5\n", r"\[limits\] unknown key time"),
     ("[limits]\nmemory_mb = 0\n", r"memory_mb must be a positive number"),
+    ("[limits]\nprocesses = 2.5\n", r"processes must be a whole number, got 2.5"),
     ("[parameters_none]\nnames = ['n-train']\n", r"'n-train' is not a record name"),
     ("[spec]\nLatent = 2\n", r"'Latent' is not a spec key"),
     ("[records\n", r"is not valid TOML"),

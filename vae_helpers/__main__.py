@@ -181,9 +181,10 @@ def _grading_commands(sub) -> None:
     g.add_argument("--dask-scheduler", metavar="ADDRESS",
                    help="with --batch: run the grades on this dask.distributed scheduler "
                         "(e.g. tcp://10.0.0.5:8786) instead of locally")
-    g.add_argument("--sandbox", choices=["auto", "require", "off"], default="auto",
-                   help="auto: bubblewrap where it works, else a warning; require: refuse "
-                        "to grade without it; off: no sandbox (default auto)")
+    g.add_argument("--sandbox", choices=["require", "off"], default="require",
+                   help="require: run submissions in bubblewrap, and refuse to grade where "
+                        "it does not work (the default); off: grade without isolation, "
+                        "with the grader's permissions (said so in every grade)")
     g.add_argument("--force", action="store_true",
                    help="replace what --out holds (with --batch: grade every submission again)")
 

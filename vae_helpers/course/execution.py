@@ -7,9 +7,10 @@ and enforces what the child cannot be trusted to enforce on itself:
 
 * a wall-clock time limit: the child's whole process tree is killed when it is
   exceeded (papermill's per-cell timeout is set to the same value);
-* a memory cap and a disk cap: ``vae_helpers.course.watchdog`` samples the resident
-  memory of the process tree and the size of the working directory, and kills
-  the tree when either goes over its cap;
+* a memory cap, a disk cap and a cap on processes: ``vae_helpers.course.watchdog``
+  samples the number of processes of the tree, their resident memory and the size
+  of the working directory, and kills the tree when one goes over its cap (a fork
+  bomb included);
 * bounded logs: with a ``log`` file, the child's stdout and stderr (and so the
   kernel's own, which it inherits) go through a pipe of which only the first
   ``Limits.log_bytes`` are kept.
@@ -58,6 +59,8 @@ class Limits:
         output_bytes: what the executed notebook keeps of all its outputs.
         file_bytes: the largest file the notebook may write.
         log_bytes: what is kept of the processes' own stdout and stderr.
+        processes: cap on the processes of the tree at once (the executing process,
+            the kernel and a sandbox's own included).
     """
 
     timeout: float
@@ -67,6 +70,7 @@ class Limits:
     output_bytes: int | None = None
     file_bytes: int | None = None
     log_bytes: int | None = None
+    processes: int | None = None
 
 
 @dataclass
@@ -74,8 +78,8 @@ class Outcome:
     """How the execution of one notebook ended.
 
     Attributes:
-        status: ``ok``, ``error`` (a cell raised), ``timeout``, ``memory`` or ``disk``
-            (over the cap, killed) or ``crashed`` (the executing process died without
+        status: ``ok``, ``error`` (a cell raised), ``timeout``, ``memory``, ``disk`` or
+            ``processes`` (over the cap, killed) or ``crashed`` (the executing process died without
             a report).
         message: one line saying what happened (``None`` when ``ok``).
         cell_errors: one line per cell that raised: ``In [N]: Name: message``, N the
@@ -133,7 +137,8 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
         drain = threading.Thread(target=_drain, args=(child.stdout, Path(log), limits.log_bytes),
                                  daemon=True)
         drain.start()
-    watch = Watchdog(child, limits.memory_mb, (cwd, limits.disk_mb))
+    watch = Watchdog(child, limits.memory_mb, (cwd, limits.disk_mb),
+                     processes=limits.processes)
     try:
         code = child.wait(timeout=limits.timeout + limits.grace)
         killed = watch.stop()
@@ -161,6 +166,10 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
         outcome.status = "memory"
         outcome.message = (f"used more than the memory cap of {limits.memory_mb:g} MB "
                            "and was stopped")
+    elif killed == "processes":
+        outcome.status = "processes"
+        outcome.message = (f"started more than the cap of {limits.processes} processes and "
+                           "was stopped")
     elif killed == "disk":
         outcome.status = "disk"
         outcome.message = (f"wrote more than the disk cap of {limits.disk_mb:g} MB (or "

@@ -1,11 +1,21 @@
-"""Watching the process tree that runs a notebook: memory and disk caps, and a clean kill.
+"""Watching the process tree that runs a notebook: memory, disk and process caps, and a
+clean kill.
 
-``Watchdog(child, memory_mb, (folder, disk_mb))`` samples, five times a second,
-the resident memory of ``child`` and all its descendants (the Jupyter kernel
-runs in a session of its own, so it is found through its parent, not its
-process group), and every 0.6 s the space allocated under ``folder``. Over a
-cap, it kills the whole tree with ``kill_tree``, which SIGKILLs the child's
-process group and every descendant and waits until they are gone.
+``Watchdog(child, memory_mb, (folder, disk_mb), processes=N)`` samples, five
+times a second, the number of processes in the tree of ``child`` (``child``
+and all its descendants; the Jupyter kernel runs in a session of its own, so it
+is found through its parent, not its process group) and their resident memory
+together, and every 0.6 s the space allocated under ``folder``. Over a cap, it
+kills the whole tree with ``kill_tree``, which SIGKILLs the child's process
+group and every descendant and waits until they are gone.
+
+The processes are counted here rather than capped with ``RLIMIT_NPROC``: that
+limit counts every thread of the user (TensorFlow starts dozens), and the kernel
+does not apply it to root at all, even inside a user namespace. Inside the
+bubblewrap sandbox every process stays in the tree (the sandbox's own process
+namespace adopts orphans), and killing the sandbox kills them all; without it, a
+process that detaches itself from the tree is no longer counted. A fork bomb
+runs for at most one sampling interval before it is stopped.
 
 Resident memory is what is capped, not address space (``RLIMIT_AS``): the kernel
 of ``03_train`` reserves about 3 GB of addresses while using 1.1 GB, so a limit
@@ -24,14 +34,17 @@ MAX_FILES = 100_000
 
 
 class Watchdog:
-    """Samples the resident memory of a process tree and the size of a directory; kills
-    the tree over ``cap_mb`` of memory or ``disk = (folder, cap in MB)``."""
+    """Samples the processes of a tree, their resident memory and the size of a directory;
+    kills the tree over ``processes`` processes, ``cap_mb`` of memory or ``disk = (folder,
+    cap in MB)``."""
 
     def __init__(self, child: subprocess.Popen, cap_mb: float | None, disk=(None, None),
-                 interval: float = 0.2):
+                 interval: float = 0.2, processes: int | None = None):
         self.child, self.cap_mb, self.interval = child, cap_mb, interval
         self.folder, self.disk_mb = disk
+        self.processes = processes
         self.peak_mb = 0.0
+        self.peak_processes = 0
         self.killed = None
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -58,6 +71,11 @@ class Watchdog:
                 procs = [root, *root.children(recursive=True)]
             except psutil.Error:
                 return
+            self.peak_processes = max(self.peak_processes, len(procs))
+            if self.processes is not None and len(procs) > self.processes:
+                self.killed = "processes"
+                kill_tree(self.child)
+                return
             for proc in procs:
                 try:
                     total += proc.memory_info().rss
@@ -70,7 +88,8 @@ class Watchdog:
                 return
 
     def stop(self) -> str | None:
-        """Stop watching; ``"memory"`` or ``"disk"`` if the tree was killed over a cap."""
+        """Stop watching; ``"processes"``, ``"memory"`` or ``"disk"`` if the tree was killed
+        over a cap."""
         self._done.set()
         self._thread.join()
         return self.killed
@@ -102,13 +121,29 @@ def disk_usage(folder, max_files: int | None = None) -> int | None:
 
 def kill_tree(child: subprocess.Popen) -> None:
     """SIGKILL the child, its process group and every descendant (the kernel has its own
-    session, so the group alone would miss it)."""
+    session, so the group alone would miss it).
+
+    The tree is first stopped (SIGSTOP), listed again until no new process appears, and
+    only then killed: a process still forking would otherwise leave children made after
+    the listing, orphaned and running."""
     import psutil
 
+    found: dict = {}
     try:
-        descendants = psutil.Process(child.pid).children(recursive=True)
+        root = psutil.Process(child.pid)
+        for _ in range(100):
+            new = [p for p in [root, *root.children(recursive=True)] if p.pid not in found]
+            if not new:
+                break
+            for proc in new:
+                found[proc.pid] = proc
+                try:
+                    proc.suspend()
+                except psutil.Error:
+                    pass
     except psutil.Error:
-        descendants = []
+        pass
+    descendants = [p for pid, p in found.items() if pid != child.pid]
     try:
         os.killpg(child.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

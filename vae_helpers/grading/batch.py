@@ -68,12 +68,16 @@ def find_submissions(folder) -> tuple[list[tuple[str, Path]], list[str]]:
 
 
 def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int = 1,
-                scheduler: str | None = None, sandbox="auto", force: bool = False,
+                scheduler: str | None = None, sandbox="require", force: bool = False,
                 log=print) -> list[dict]:
     """Grade every submission of a folder; return the summary rows.
 
+    ``sandbox`` is as for ``grader.grade``: ``require`` (the default) or ``off``, or a
+    ``sandbox.Sandbox``; with ``off`` the batch says once that nothing is isolated.
+
     Raises:
         BatchError, grader.GradingError: the batch cannot start.
+        sandbox.SandboxError: the sandbox is required but bubblewrap does not work here.
         outdirs.RunLocked: another batch runs into ``out``.
     """
     given = Path(out)  # as the user wrote it, for messages

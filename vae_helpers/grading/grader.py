@@ -10,10 +10,10 @@ in name order in one working copy, sharing one run directory. ``grade``
    sandbox (``vae_helpers.grading.sandbox``), with the rubric's parameters (those the
    notebook declares), ``run_dir`` and ``$VAE_RECORD_DIR`` pointing at
    ``DIR/work/run``, ``$VAE_MNIST`` at the data, and the rubric's limits: time per
-   notebook, memory, disk, outputs, file size. A cell that raises is reported and
-   the cells after it still run. A notebook that is stopped (time, memory, disk)
-   costs only its own records: the next notebooks still run, and fail on what
-   they find missing;
+   notebook, memory, disk, outputs, file size, processes. A cell that raises is
+   reported and the cells after it still run. A notebook that is stopped (time,
+   memory, disk, processes) costs only its own records: the next notebooks still
+   run, and fail on what they find missing;
 3. reads the records back as untrusted input (``vae_helpers.grading.recorded``),
    computes the rubric's ``recompute`` metrics itself from the recorded weights
    (``vae_helpers.grading.recompute``), and runs the checks
@@ -29,7 +29,8 @@ in name order in one working copy, sharing one run directory. ``grade``
 Nothing a submission does raises in the grader: every failure becomes a failed
 check with its reason. ``GradingError`` is for what stops the grader itself: a
 reference without the metrics to compare, a missing data file, an output
-directory that would be overwritten.
+directory that would be overwritten; ``sandbox.SandboxError`` when bubblewrap
+does not work here and the sandbox was not turned off (``sandbox="off"``).
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ def submission_hash(path) -> str:
     return digest.hexdigest()
 
 
-def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
+def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
           force: bool = False, name: str | None = None, hide=(), log=None) -> dict:
     """Grade one submission into ``out`` and return what ``grade.json`` holds.
 
@@ -128,13 +129,16 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         out: the output directory; one that holds files is replaced only with ``force``.
         rubric: a ``Rubric`` (default: the shipped one).
         data: the MNIST file (default ``$VAE_MNIST``).
-        sandbox: a ``sandbox.Sandbox``, or a mode for ``sandbox.probe``.
+        sandbox: a ``sandbox.Sandbox``, or a mode for ``sandbox.probe``: ``require``
+            (bubblewrap, else ``SandboxError``) or ``off`` (no isolation, said so in
+            ``grade.json`` and the report).
         name: the student's name in the report (default: the submission's name).
         hide: more paths the submission must not see (e.g. the other submissions).
         log: called with one-line progress messages.
 
     Raises:
         GradingError: the reference, the data or the output directory cannot be used.
+        sandbox.SandboxError: the sandbox is required but bubblewrap does not work here.
         outdirs.RunLocked: another grader works in ``out``.
     """
     given = Path(out)  # as the user wrote it, for messages
@@ -189,7 +193,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             "reference": {"path": shown_path(reference),
                           "sha256": reference_hash(reference)},
             "rubric": {"path": shown_path(rubric.path), "sha256": rubric.sha256},
-            "sandbox": {"kind": box.kind, "note": box.note},
+            "sandbox": box.to_dict(),
             "summary": checks_lib.summary(checks),
             "checks": [c.to_dict() for c in checks],
             "notebooks": results,
@@ -255,7 +259,7 @@ def _run(notebook: Path, names: set, work: Path, out: Path, rubric, box, data: P
                                 disk_mb=limits["disk_mb"],
                                 output_bytes=int(limits["output_mb"] * 2**20),
                                 file_bytes=int(limits["file_mb"] * 2**20),
-                                log_bytes=LOG_BYTES))
+                                log_bytes=LOG_BYTES, processes=limits["processes"]))
     problems = []
     if outcome.status == "error" and outcome.cell_errors:
         more = [e.split(":", 1)[0] for e in outcome.cell_errors[1:]]

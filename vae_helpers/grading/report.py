@@ -37,6 +37,8 @@ th{background:#f0f4f8;font-weight:600}.num{text-align:right;font-variant-numeric
 .missing{display:flex;align-items:center;justify-content:center;min-height:120px;
  background:#fff5f5;color:#8a1c1c;border:1px dashed #e12d39}
 tr.bad td{background:#fff5f5}
+.alert{background:#ffe3e3;color:#8a1c1c;border:1px solid #e12d39;border-radius:6px;
+ padding:10px 16px;font-weight:600}
 """
 
 
@@ -129,17 +131,23 @@ def render_comparison(title: str, data: dict, a: Records, b: Records, labels, cu
 
 def _grade_header(grade: dict) -> str:
     verdict = grade["summary"]
+    box = grade["sandbox"]
+    isolated = box.get("isolated", box["kind"] == "bwrap")
     cards = [("score", f"{verdict['required_passed']} / {verdict['required']}"),
              ("time", f"{grade['timings']['total_seconds']:.0f} s"),
-             ("sandbox", grade["sandbox"]["kind"])]
+             ("sandbox", box["kind"] if isolated else "OFF")]
     html_cards = "".join(f'<div class="card">{esc(k)}<b>{esc(v)}</b></div>' for k, v in cards)
     rows = [[f"<code>{esc(n['notebook'])}</code>", badge(n["status"] == "ok", n["status"]),
              (number(n.get("seconds"), 1),), (number(n.get("peak_memory_mb"), 0),),
              esc("; ".join(n.get("cell_errors") or []) or n.get("message") or "")]
             for n in grade["notebooks"]]
     notes = ""
-    if grade["sandbox"].get("note"):
-        notes = f'<p class="sub">{esc(grade["sandbox"]["note"])}</p>'
+    if not isolated:  # hard to miss: nothing kept this submission from the grader's files
+        ran = esc("the submission ran with the grader's permissions")
+        notes = (f'<p class="alert">Not isolated: {esc(box.get("note") or "no sandbox")}; '
+                 f"{ran}</p>")
+    elif box.get("note"):
+        notes = f'<p class="sub">{esc(box["note"])}</p>'
     return (f'<div class="cards">{html_cards}</div>{notes}<h2>Notebooks</h2>'
             + table(["notebook", "status", ("seconds",), ("peak MB",), "what happened"], rows))
 

@@ -25,7 +25,9 @@ REPORTABLE = ("test_elbo",)
 TABLES = {"records", "grids", "spec", "metrics", "checks", "parameters", "parameters_none",
           "limits"}
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
-          "file_mb": 512, "submission_mb": 50}
+          "file_mb": 512, "submission_mb": 50, "processes": 128}
+WHOLE_LIMITS = ("processes",)
+"""Limits that must be whole numbers."""
 
 
 class RubricError(ValueError):
@@ -49,7 +51,7 @@ class Rubric:
         informational_checks: other checks that do not count towards passing.
         parameters: papermill parameters for the notebooks that declare them.
         limits: ``time_limit`` (s), ``memory_mb``, ``disk_mb``, ``output_mb``,
-            ``file_mb``, ``submission_mb``.
+            ``file_mb``, ``submission_mb``, ``processes`` (at once, a whole number).
         path: where it was read from; sha256: of its text (grades record it).
     """
 
@@ -163,6 +165,8 @@ def _check(raw: dict, path: Path, sha256: str) -> Rubric:
             _fail(path, "limits", f"unknown key {key} ({', '.join(LIMITS)})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             _fail(path, "limits", f"{key} must be a positive number, got {value!r}")
+        if key in WHOLE_LIMITS and not isinstance(value, int):
+            _fail(path, "limits", f"{key} must be a whole number, got {value!r}")
         limits[key] = value
     for key in tables["spec"]:
         if not record.NAME_PATTERN.fullmatch(key):
