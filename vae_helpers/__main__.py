@@ -297,7 +297,11 @@ def _grade(args) -> int:
     summary = result["summary"]
     verdict = "PASS" if summary["passed"] else "FAIL"
     print(f"{verdict}: {summary['required_passed']} of {summary['required']} required checks "
-          "passed" + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+          f"passed, {summary['score']:g} of {summary['max_score']:g} points"
+          + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    if summary["manual"]:
+        print(f"graded by hand, still open: {len(summary['manual'])} answers, "
+              f"{summary['manual_max']:g} points")
     print(f"report written to {args.out}/report.html")
     return 0 if summary["passed"] else 1
 

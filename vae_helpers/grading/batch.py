@@ -9,11 +9,12 @@ local process pool, or, with ``scheduler``, as tasks of an existing
 same environment). Each submission is hidden from the others' sandboxes.
 
 ``DIR/summary.csv`` and ``DIR/summary.html`` list one row per student (verdict,
-score, failed checks, the first one's reason, seconds, link to the report); they are rewritten as
-grades complete, so an interrupted batch leaves a summary of what it did. Run
-again, a batch keeps every grade whose ``grade.json`` matches the submission,
-the rubric and the reference (their SHA-256) and grades the rest; ``force``
-grades everything again.
+points scored of the maximum, required checks passed, failed checks, the first one's
+reason, seconds, link to the report); they are rewritten as grades complete, so an
+interrupted batch leaves a summary of what it did. Run again, a batch keeps every
+grade whose ``grade.json`` has the current format and matches the submission, the
+rubric and the reference (their SHA-256) and grades the rest; ``force`` grades
+everything again.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from vae_helpers.outdirs import claim, run_lock
 
 BATCH_FILE = "batch.json"
 DASK_CONNECT_TIMEOUT = "20s"
-SUMMARY_FIELDS = ("student", "status", "score", "failed", "reason", "seconds", "report")
+SUMMARY_FIELDS = ("student", "status", "score", "max_score", "checks", "failed", "reason",
+                  "seconds", "report")
 
 
 class BatchError(RuntimeError):
@@ -107,7 +109,8 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
             kept = None if force else _kept(out / student, path, rubric, reference_hash)
             if kept is not None:
                 rows[student] = kept
-                log(f"{student}: graded before ({kept['status']}, {kept['score']}), kept")
+                log(f"{student}: graded before ({kept['status']}, {kept['score']:g} of "
+                    f"{kept['max_score']:g} points), kept")
             else:
                 pending.append((student, path))
         _write_summary(out, rows)
@@ -116,7 +119,7 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
         for number, row in enumerate(_run(jobs_args, jobs, scheduler), 1):
             rows[row["student"]] = row
             log(f"[{number}/{len(pending)}] {row['student']}: {row['status']}"
-                + (f" {row['score']}" if row["score"] else "")
+                + (f" {row['score']:g}/{row['max_score']:g}" if row["score"] != "" else "")
                 + (f" ({row['reason']})" if row["reason"] else ""))
             _write_summary(out, rows)
         return [rows[s] for s in sorted(rows)]
@@ -126,7 +129,8 @@ def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
     """The summary row of an earlier grade of the same submission, rubric and reference."""
     try:
         earlier = io.read_json(folder / grader.GRADE_FILE)
-        same = (earlier["submission"]["sha256"] == grader.submission_hash(path)
+        same = (earlier["format"] == grader.FORMAT
+                and earlier["submission"]["sha256"] == grader.submission_hash(path)
                 and earlier["rubric"]["sha256"] == rubric.sha256
                 and earlier["reference"]["sha256"] == reference_hash)
         return _row(folder.name, earlier) if same else None
@@ -135,11 +139,13 @@ def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
 
 
 def _row(student: str, result: dict) -> dict:
-    """A summary row: verdict, score, failed checks and the reason of the first that counts."""
+    """A summary row: verdict, points, checks passed, failed checks and the reason of the
+    first that counts."""
     summary = result["summary"]
     first = next((c for c in result["checks"] if c["required"] and not c["passed"]), None)
     return {"student": student, "status": "PASS" if summary["passed"] else "FAIL",
-            "score": f"{summary['required_passed']}/{summary['required']}",
+            "score": summary["score"], "max_score": summary["max_score"],
+            "checks": f"{summary['required_passed']}/{summary['required']}",
             "failed": "; ".join(summary["failed"]),
             "reason": f"{first['name']}: {first['reason']}" if first else "",
             "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html"}
@@ -155,8 +161,8 @@ def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
                                sandbox=box, force=True, name=student, hide=hide)
         return _row(student, result)
     except Exception as err:
-        return {"student": student, "status": "ERROR", "score": "",
-                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+        return {"student": student, "status": "ERROR", "score": "", "max_score": "",
+                "checks": "", "failed": "", "reason": f"not graded: {type(err).__name__}: "
                                       f"{first_line(str(err))}",
                 "seconds": round(time.perf_counter() - started, 1), "report": ""}
 
@@ -204,8 +210,8 @@ def _result(future, student: str) -> dict:
     try:
         return future.result()
     except Exception as err:  # the worker died, or the task could not run there
-        return {"student": student, "status": "ERROR", "score": "",
-                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+        return {"student": student, "status": "ERROR", "score": "", "max_score": "",
+                "checks": "", "failed": "", "reason": f"not graded: {type(err).__name__}: "
                                       f"{first_line(str(err))}",
                 "seconds": None, "report": ""}
 

@@ -17,9 +17,16 @@ in name order in one working copy, sharing one run directory. ``grade``
    the checks (``vae_helpers.grading.checks``) against the rubric and the reference run;
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
    256 KB of what the processes printed), ``DIR/report.html`` (the comparison
-   with the reference and the checks) and, last, ``DIR/grade.json``: the checks,
-   the summary and score, the timings, the sandbox, the versions, and the hashes
-   of the submission, the rubric and the reference's records.
+   with the reference and the checks) and, last, ``DIR/grade.json``: the checks
+   (each with its ``points``, ``max_points`` and, when it failed because a check it
+   depends on failed, ``caused_by``), the summary (the verdict, ``score`` and
+   ``max_score`` in points, the items graded by hand still open: ``manual`` and
+   ``manual_max``), the timings, the sandbox, the versions, and the hashes of the
+   submission, the rubric and the reference's records.
+
+``FORMAT`` names the layout of ``grade.json``; it changes when a field's meaning
+does (version 2: ``score`` is points, no longer the fraction of required checks
+passed), and a batch grades again what an older format holds.
 
 Nothing a submission does raises in the grader: every failure becomes a failed
 check with its reason. ``GradingError`` is for what stops the grader itself: a
@@ -48,7 +55,7 @@ from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.grading.compare import comparison, learning_curves, shown_path
 from vae_helpers.outdirs import claim, run_lock
 
-FORMAT = "vae_helpers.grade/1"
+FORMAT = "vae_helpers.grade/2"
 GRADE_FILE = "grade.json"
 LOG_BYTES = 256 * 2**10
 SKIP = {".ipynb_checkpoints", "__pycache__", ".git"}
@@ -178,6 +185,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
         log(f"{name}: computing the metrics of its recorded weights")
         recompute.recompute(records, reference_records, rubric, data)
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
+        summary = checks_lib.summary(checks, rubric)  # scores every check
         result = {
             "format": FORMAT, "student": name,
             "submission": {"path": shown_path(submission), "sha256": digest},
@@ -185,7 +193,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
                           "sha256": reference_hash(reference)},
             "rubric": {"path": shown_path(rubric.path), "sha256": rubric.sha256},
             "sandbox": {"kind": box.kind, "note": box.note},
-            "summary": checks_lib.summary(checks),
+            "summary": summary,
             "checks": [c.to_dict() for c in checks],
             "notebooks": results,
             "timings": {"started": started_at.isoformat(timespec="seconds"),
