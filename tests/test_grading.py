@@ -22,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import vae_helpers
 from vae_helpers.__main__ import main
-from vae_helpers.grading import batch, grader, rubric, sandbox
+from vae_helpers.grading import batch, gradebook, grader, rubric, sandbox
 
 pytestmark = pytest.mark.unit
 
@@ -286,6 +286,16 @@ def test_the_summary_lists_every_student_with_a_link_to_the_report(hostile_batch
     assert lines[1].startswith(f"alice,PASS,{most},{most},22/22,,,")
     assert hostile_batch["rows"]["raises"]["reason"] == (
         "execution: raises.ipynb: In [1]: RuntimeError: the student code failed")
+    header, *rows = (out / "grades.csv").read_text().splitlines()
+    assert header.split(",") == gradebook.columns(setup["rubric"])
+    assert [r.split(",")[0] for r in rows] == sorted(hostile_batch["rows"])
+    for student, grade in hostile_batch["grades"].items():
+        row = dict(zip(header.split(","), rows[sorted(hostile_batch["rows"]).index(student)]
+                       .split(","), strict=True))
+        assert float(row["score"]) == grade["summary"]["score"]
+        results = json.loads((out / student / "results.json").read_text())
+        assert results["score"] == grade["summary"]["score"]
+        assert [t["name"] for t in results["tests"]] == [c["name"] for c in grade["checks"]]
     page = (out / "summary.html").read_text()
     for student in hostile_batch["rows"]:
         assert f'href="{student}/report.html"' in page

@@ -83,7 +83,8 @@ def test_paths_the_readme_names_exist():
     paths -= {"config.json", "history.csv", "metrics.json", "checkpoint/", "mnist.npz",
               "pipeline.json", "homework/", "bernoulli/", "records.json", "records/"}
     # what compare, grade and student write, and the folders of their examples
-    paths -= {"report.json", "grade.json", "summary.csv", "logs/", "submissions/", "handout/"}
+    paths -= {"report.json", "grade.json", "summary.csv", "grades.csv", "results.json",
+              "logs/", "submissions/", "handout/"}
     assert {"requirements.txt", "benchmarks/README.md"} <= paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, missing

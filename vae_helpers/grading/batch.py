@@ -11,7 +11,11 @@ same environment). Each submission is hidden from the others' sandboxes.
 ``DIR/summary.csv`` and ``DIR/summary.html`` list one row per student (verdict,
 points scored of the maximum, required checks passed, failed checks, the first one's
 reason, seconds, link to the report); they are rewritten as grades complete, so an
-interrupted batch leaves a summary of what it did. Run again, a batch keeps every
+interrupted batch leaves a summary of what it did. ``DIR/grades.csv`` is the
+gradebook: one row per student with the points of each check, for a learning
+management system (``vae_helpers.grading.gradebook``, which also writes
+Gradescope's ``results.json`` beside each ``grade.json``); it is rewritten with
+the summary. Run again, a batch keeps every
 grade whose ``grade.json`` has the current format and matches the submission, the
 rubric and the reference (their SHA-256) and grades the rest; ``force`` grades
 everything again.
@@ -25,7 +29,7 @@ from pathlib import Path
 
 from vae_helpers import io
 from vae_helpers.course.execution import first_line
-from vae_helpers.grading import grader, report
+from vae_helpers.grading import gradebook, grader, report
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.outdirs import claim, run_lock
@@ -58,7 +62,7 @@ def find_submissions(folder) -> tuple[list[tuple[str, Path]], list[str]]:
             ignored.append(path.name)
             continue
         student = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name)
-        if student in (BATCH_FILE, "summary.csv", "summary.html"):
+        if student in (BATCH_FILE, "summary.csv", "summary.html", gradebook.GRADES_FILE):
             raise BatchError(f"{path.name} would be graded into {student}/, a name the batch "
                              "uses for itself; rename it")
         if student in seen:
@@ -113,7 +117,7 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
                     f"{kept['max_score']:g} points), kept")
             else:
                 pending.append((student, path))
-        _write_summary(out, rows)
+        _write_summary(out, rows, rubric)
         jobs_args = [(student, path, reference, out, rubric, data, box, [submissions, out])
                      for student, path in pending]
         for number, row in enumerate(_run(jobs_args, jobs, scheduler), 1):
@@ -121,8 +125,8 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
             log(f"[{number}/{len(pending)}] {row['student']}: {row['status']}"
                 + (f" {row['score']:g}/{row['max_score']:g}" if row["score"] != "" else "")
                 + (f" ({row['reason']})" if row["reason"] else ""))
-            _write_summary(out, rows)
-        return [rows[s] for s in sorted(rows)]
+            _write_summary(out, rows, rubric)
+        return [{k: v for k, v in rows[s].items() if k != "grade"} for s in sorted(rows)]
 
 
 def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
@@ -148,7 +152,8 @@ def _row(student: str, result: dict) -> dict:
             "checks": f"{summary['required_passed']}/{summary['required']}",
             "failed": "; ".join(summary["failed"]),
             "reason": f"{first['name']}: {first['reason']}" if first else "",
-            "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html"}
+            "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html",
+            "grade": {"summary": summary, "checks": result["checks"]}}
 
 
 def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
@@ -216,8 +221,11 @@ def _result(future, student: str) -> dict:
                 "seconds": None, "report": ""}
 
 
-def _write_summary(out: Path, rows: dict) -> None:
+def _write_summary(out: Path, rows: dict, rubric) -> None:
     ordered = [rows[s] for s in sorted(rows)]
+    gradebook.write_grades(out / gradebook.GRADES_FILE,
+                           [gradebook.grade_row(r["student"], r.get("grade"), rubric)
+                            for r in ordered], rubric)
     if ordered:
         io.write_csv(out / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS}
                                            for r in ordered])

@@ -17,7 +17,8 @@ in name order in one working copy, sharing one run directory. ``grade``
    the checks (``vae_helpers.grading.checks``) against the rubric and the reference run;
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
    256 KB of what the processes printed), ``DIR/report.html`` (the comparison
-   with the reference and the checks) and, last, ``DIR/grade.json``: the checks
+   with the reference and the checks), ``DIR/results.json`` (the same for
+   Gradescope, ``vae_helpers.grading.gradebook``) and, last, ``DIR/grade.json``: the checks
    (each with its ``points``, ``max_points`` and, when it failed because a check it
    depends on failed, ``caused_by``), the summary (the verdict, ``score`` and
    ``max_score`` in points, the items graded by hand still open: ``manual`` and
@@ -49,7 +50,7 @@ from vae_helpers import io
 from vae_helpers.course import execution
 from vae_helpers.course.execution import first_line
 from vae_helpers.grading import checks as checks_lib
-from vae_helpers.grading import recompute, recorded, report
+from vae_helpers.grading import gradebook, recompute, recorded, report
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.grading.compare import comparison, learning_curves, shown_path
@@ -209,6 +210,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="auto",
             subtitle=f"submission: {result['submission']['path']} · reference run: "
                      f"{result['reference']['path']} · rubric: {result['rubric']['path']}")
         io.atomic_write_text(out / "report.html", page)
+        gradebook.write_results(out / gradebook.RESULTS_FILE, result)
         io.write_json(out / GRADE_FILE, result)  # last: its presence means "graded"
         return result
 
