@@ -136,3 +136,109 @@ def check_results_format(results: dict) -> None:
         assert test["status"] in ("passed", "failed")
         assert test["visibility"] in VISIBILITIES
     assert results["score"] == sum(t["score"] for t in results["tests"])
+
+
+AUTOGRADER_RUBRIC = '''
+[records]
+required = ["test_elbo", "iwae_log_likelihood"]
+informational = ["history"]
+
+[metrics.test_elbo]
+tolerance = 1.0
+
+[metrics.iwae_log_likelihood]
+tolerance = 1.0
+
+[points]
+execution = 2
+"record.*" = 1
+"metric.*" = 3
+
+[depends]
+"metric.*" = ["record.*", "execution"]
+
+[manual.why]
+notebook = "04_analysis"
+title = "Why the samples are blurry"
+points = 4
+
+[limits]
+time_limit = 120
+'''
+
+
+def test_the_gradescope_autograder_runs_on_a_folder_of_gradescopes_layout(tmp_path, capsys):
+    """Build the autograder with the command, unpack its zip as Gradescope does, and run
+    run_autograder on a submission that records one of the two metrics."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import zipfile
+
+    from nbformat import write
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from vae_helpers.__main__ import main
+    from vae_helpers.course import record
+
+    reference = tmp_path / "reference"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(record.RECORD_DIR_ENV, raising=False)
+        patch.setattr(record, "_state", {})
+        record.set_run_dir(reference)
+        record.metric("test_elbo", 140.0, n_test=10)
+        record.metric("iwae_log_likelihood", 150.0, k=16)
+    (tmp_path / "rubric.toml").write_text(AUTOGRADER_RUBRIC)
+    (tmp_path / "mnist.npz").write_bytes(b"stand-in: the submission does not read it")
+    command = ["gradescope", "--reference", str(reference), "--out", str(tmp_path / "built"),
+               "--rubric", str(tmp_path / "rubric.toml"), "--data", str(tmp_path / "mnist.npz")]
+    assert main(command) == 0
+    assert "autograder.zip" in capsys.readouterr().out
+    assert main(command) == 1  # an --out that holds files needs --force
+    assert "--force" in capsys.readouterr().err
+
+    root = tmp_path / "autograder"  # Gradescope's /autograder
+    with zipfile.ZipFile(tmp_path / "built" / "autograder.zip") as archive:
+        names = set(archive.namelist())
+        assert {"setup.sh", "run_autograder", "rubric.toml", "reference/records.json",
+                "data/mnist.npz", "package/pyproject.toml", "package/requirements.txt",
+                "package/vae_helpers/grading/gradescope/__init__.py"} <= names
+        assert not any("__pycache__" in n for n in names)
+        mode = archive.getinfo("run_autograder").external_attr >> 16
+        assert mode & 0o111  # executable once unpacked
+        archive.extractall(root / "source")
+    source = root / "source"
+    assert (source / "data" / "mnist.npz").read_bytes() == (tmp_path / "mnist.npz").read_bytes()
+    for script in ("setup.sh", "run_autograder"):
+        subprocess.run(["bash", "-n", str(source / script)], check=True)
+    (root / "submission").mkdir()
+    write(new_notebook(cells=[new_code_cell(
+        "from vae_helpers.course import record\nrecord.metric('test_elbo', 140.5, n_test=10)")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}}), root / "submission" / "hw.ipynb")
+    env = {"PATH": os.environ["PATH"], "AUTOGRADER_ROOT": str(root),
+           "AUTOGRADER_PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(source / "run_autograder")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((root / "results" / "results.json").read_text())
+    check_results_format(results)
+    tests = {t["name"]: t for t in results["tests"]}
+    assert {n: (t["status"], t["score"], t["max_score"]) for n, t in tests.items()} == {
+        "execution": ("passed", 2, 2), "record.test_elbo": ("passed", 1, 1),
+        "record.iwae_log_likelihood": ("failed", 0, 1), "record.history": ("failed", 0, 0),
+        "metric.test_elbo": ("passed", 3, 3), "metric.iwae_log_likelihood": ("failed", 0, 3)}
+    assert results["score"] == 6
+    assert tests["metric.iwae_log_likelihood"]["output"].startswith(
+        "Also failed, because record.iwae_log_likelihood failed.")
+    assert "Graded by hand later (4 points): Why the samples are blurry" in results["output"]
+    grade = json.loads((root / "grade" / "grade.json").read_text())
+    assert grade["summary"]["max_score"] == 10 and grade["summary"]["manual_max"] == 4
+
+    (source / "rubric.toml").unlink()  # a broken autograder: an error, and no results
+    (root / "results" / "results.json").unlink()
+    broken = subprocess.run(["bash", str(source / "run_autograder")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 1 and "cannot read the rubric" in broken.stderr
+    assert broken.stderr.count("\n") == 1 and not (root / "results" / "results.json").exists()
