@@ -392,9 +392,12 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
             "--rubric", str(setup["root"] / "rubric.toml"), "--data", str(setup["data"])]
     assert main(args) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-2] == "PASS: 22 of 22 required checks passed"
-    assert printed[-1] == f"report written to {out}/report.html"
     grade = json.loads((out / "grade.json").read_text())
+    most, manual = grade["summary"]["max_score"], setup["rubric"].manual
+    assert printed[-3] == f"PASS: 22 of 22 required checks passed, {most} of {most} points"
+    assert printed[-2] == (f"graded by hand, still open: {len(manual)} answers, "
+                           f"{sum(m['points'] for m in manual)} points")
+    assert printed[-1] == f"report written to {out}/report.html"
     assert grade["submission"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert grade["rubric"]["sha256"] == setup["rubric"].sha256
     assert set(grade["versions"]) >= {"python", "papermill", "vae_helpers"}
