@@ -22,7 +22,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 import vae_helpers
 from vae_helpers.__main__ import main
-from vae_helpers.grading import batch, grader, rubric, sandbox
+from vae_helpers.grading import batch, gradebook, grader, rubric, sandbox
 
 pytestmark = pytest.mark.unit
 
@@ -204,7 +204,7 @@ def failures(grade: dict) -> dict:
     return {c["name"]: c["reason"] for c in grade["checks"] if not c["passed"]}
 
 
-def test_the_good_submission_passes_among_the_hostile_ones(hostile_batch):
+def test_the_good_submission_passes_among_the_hostile_ones(hostile_batch, setup):
     alice = hostile_batch["grades"]["alice"]
     assert failures(alice) == {}
     assert hostile_batch["rows"]["alice"]["status"] == "PASS"
@@ -214,8 +214,15 @@ def test_the_good_submission_passes_among_the_hostile_ones(hostile_batch):
     assert first["parameters"] == {"run_dir": run_dir}  # only what each notebook declares
     assert second["parameters"] == {"epochs": 2, "run_dir": run_dir}
     assert alice["sandbox"]["kind"] == hostile_batch["box"].kind
-    assert alice["summary"] == {"passed": True, "required_passed": 22, "required": 22,
-                                "score": 1.0, "failed": []}
+    summary = alice["summary"]
+    assert {k: summary[k] for k in ("passed", "required_passed", "required", "failed")} == {
+        "passed": True, "required_passed": 22, "required": 22, "failed": []}
+    worth = {c["name"]: setup["rubric"].max_points(c["name"], c["required"])
+             for c in alice["checks"]}
+    assert summary["score"] == summary["max_score"] == sum(worth.values()) > 0
+    assert all(c["points"] == c["max_points"] == worth[c["name"]] for c in alice["checks"])
+    assert summary["manual_max"] == sum(m["points"] for m in summary["manual"]) > 0
+    assert alice["format"] == grader.FORMAT == "vae_helpers.grade/2"
 
 
 def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
@@ -243,6 +250,15 @@ def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
         assert hostile_batch["rows"][student]["status"] == "FAIL"
         assert failures(grades[student])["record.test_elbo"] in (
             "no records.json: nothing was recorded", "not recorded")
+    raised = {c["name"]: c for c in grades["raises"]["checks"]}  # one mistake, named first
+    assert raised["execution"]["caused_by"] is None
+    assert raised["record.test_elbo"]["caused_by"] == "execution"
+    assert raised["metric.test_elbo"]["caused_by"] == "record.test_elbo"
+    assert raised["spec.latent_dim"]["caused_by"] == "execution"  # no record.weights here
+    assert grades["raises"]["summary"]["score"] == 0  # each failure loses its points
+    page = (hostile_batch["out"] / "raises" / "report.html").read_text()
+    assert page.count("also failed, because") == sum(
+        c["caused_by"] is not None for c in raised.values())
     printed = hostile_batch["out"] / "prints" / "notebooks" / "prints.ipynb"
     assert printed.stat().st_size < 3 * 2**20  # the 200 MB were not kept
     assert "[output truncated" in printed.read_text()
@@ -318,14 +334,26 @@ def test_an_attack_on_other_files_fails_and_changes_nothing(hostile_batch):
     assert all(e.split(": ")[1] in ("OSError", "FileNotFoundError") for e in errors), errors
 
 
-def test_the_summary_lists_every_student_with_a_link_to_the_report(hostile_batch):
+def test_the_summary_lists_every_student_with_a_link_to_the_report(hostile_batch, setup):
     out = hostile_batch["out"]
     lines = (out / "summary.csv").read_text().splitlines()
-    assert lines[0] == "student,status,score,failed,reason,seconds,report"
+    assert lines[0] == "student,status,score,max_score,checks,failed,reason,seconds,report"
     assert len(lines) == 1 + len(hostile_batch["rows"])
-    assert lines[1].startswith("alice,PASS,22/22,,,")
+    full = setup["rubric"].max_points  # alice passes all: every counting check's points
+    most = sum(full(c["name"], c["required"]) for c in hostile_batch["grades"]["alice"]["checks"])
+    assert lines[1].startswith(f"alice,PASS,{most},{most},22/22,,,")
     assert hostile_batch["rows"]["raises"]["reason"] == (
         "execution: raises.ipynb: In [1]: RuntimeError: the student code failed")
+    header, *rows = (out / "grades.csv").read_text().splitlines()
+    assert header.split(",") == gradebook.columns(setup["rubric"])
+    assert [r.split(",")[0] for r in rows] == sorted(hostile_batch["rows"])
+    for student, grade in hostile_batch["grades"].items():
+        row = dict(zip(header.split(","), rows[sorted(hostile_batch["rows"]).index(student)]
+                       .split(","), strict=True))
+        assert float(row["score"]) == grade["summary"]["score"]
+        results = json.loads((out / student / "results.json").read_text())
+        assert results["score"] == grade["summary"]["score"]
+        assert [t["name"] for t in results["tests"]] == [c["name"] for c in grade["checks"]]
     page = (out / "summary.html").read_text()
     for student in hostile_batch["rows"]:
         assert f'href="{student}/report.html"' in page
@@ -453,9 +481,12 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
             *([] if sandbox.detect().isolated else ["--sandbox", "off"])]
     assert main(args) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert printed[-2] == "PASS: 22 of 22 required checks passed"
-    assert printed[-1] == f"report written to {out}/report.html"
     grade = json.loads((out / "grade.json").read_text())
+    most, manual = grade["summary"]["max_score"], setup["rubric"].manual
+    assert printed[-3] == f"PASS: 22 of 22 required checks passed, {most} of {most} points"
+    assert printed[-2] == (f"graded by hand, still open: {len(manual)} answers, "
+                           f"{sum(m['points'] for m in manual)} points")
+    assert printed[-1] == f"report written to {out}/report.html"
     assert grade["submission"]["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert grade["rubric"]["sha256"] == setup["rubric"].sha256
     assert set(grade["versions"]) >= {"python", "papermill", "vae_helpers"}

@@ -162,6 +162,22 @@ def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
     assert reasons["reported.test_elbo"].startswith("reported ")
 
 
+def test_every_check_of_the_solution_grade_has_points(graded):
+    """The shipped rubric's points cover every check a real grade produces: a counting
+    check without points would be left out of the score (and listed as unscored)."""
+    grade = graded[0]["same"]
+    shipped = rubric.load()
+    assert grade["summary"]["unscored"] == []
+    for check in grade["checks"]:
+        worth = shipped.max_points(check["name"], check["required"])
+        assert worth is not None, f"the shipped rubric gives {check['name']} no points"
+        assert check["max_points"] == worth and (worth > 0) == check["required"]
+    summary = grade["summary"]
+    assert summary["score"] == summary["max_score"] == sum(
+        c["max_points"] for c in grade["checks"])
+    assert summary["manual"] == [dict(m) for m in shipped.manual]
+
+
 def test_a_latent_space_of_three_dimensions(graded):
     grade = graded[0]["p3"]
     # the weights say P = 3, and 04_analysis cannot draw the scatter or the manifold of
@@ -177,7 +193,13 @@ def test_a_latent_space_of_three_dimensions(graded):
 
 
 def test_a_missing_manifold(graded):
-    assert failed(graded[0]["no_manifold"]) == {"record.manifold_20x20", "grid.manifold_20x20"}
+    grade = graded[0]["no_manifold"]
+    assert failed(grade) == {"record.manifold_20x20", "grid.manifold_20x20"}
+    causes = {c["name"]: c["caused_by"] for c in grade["checks"] if not c["passed"]}
+    assert causes == {"record.manifold_20x20": None,
+                      "grid.manifold_20x20": "record.manifold_20x20"}
+    assert grade["summary"]["max_score"] - grade["summary"]["score"] == sum(
+        c["max_points"] for c in grade["checks"] if not c["passed"])
 
 
 def test_a_reported_elbo_that_its_weights_do_not_give(graded):

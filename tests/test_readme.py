@@ -53,7 +53,8 @@ def test_every_grading_option_is_documented_and_every_flag_named_is_used():
     section = README[README.index("## Grading and comparing"):
                      README.index("## Tests and benchmarks")]
     commands = build_parser()._subparsers._group_actions[0].choices
-    options = {s for name in ("compare", "grade", "student") for a in commands[name]._actions
+    options = {s for name in ("compare", "grade", "gradescope", "student")
+               for a in commands[name]._actions
                for s in a.option_strings if s.startswith("--")} - {"--help"}
     mentioned = set(re.findall(r"(--[a-z][a-z-]+)", section))
     assert options <= mentioned, options - mentioned
@@ -78,12 +79,14 @@ def test_the_record_names_of_the_readme_are_the_homeworks():
 def test_paths_the_readme_names_exist():
     paths = {p for p in re.findall(r"`([\w./-]+)`", README)
              if re.search(r"\.(txt|yml|toml|md|py|json|csv)$|/$", p)
-             and not p.startswith(("runs/", "run_dir/", "grades/"))}
+             and not p.startswith(("runs/", "run_dir/", "grades/", "gradescope/",
+                                   "/autograder/"))}
     # files and folders inside run directories
     paths -= {"config.json", "history.csv", "metrics.json", "checkpoint/", "mnist.npz",
               "pipeline.json", "homework/", "bernoulli/", "records.json", "records/"}
     # what compare, grade and student write, and the folders of their examples
-    paths -= {"report.json", "grade.json", "summary.csv", "logs/", "submissions/", "handout/"}
+    paths -= {"report.json", "grade.json", "summary.csv", "grades.csv", "results.json",
+              "logs/", "regenerated/", "submissions/", "handout/"}
     assert {"requirements.txt", "benchmarks/README.md"} <= paths
     missing = sorted(p for p in paths if not (ROOT / p).exists())
     assert not missing, missing

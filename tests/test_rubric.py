@@ -90,3 +90,75 @@ def test_a_partial_rubric_keeps_the_default_limits(tmp_path):
     found = rubric.load(path)
     assert found.limits == {**rubric.LIMITS, "time_limit": 60}
     assert found.parameters == {"epochs": 2} and found.required == ()
+
+
+def test_the_shipped_rubric_gives_every_check_points_with_exact_names_first():
+    found = rubric.load()
+    assert found.max_points("grid.manifold_20x20") == found.points["grid.*"]
+    assert found.max_points("metric.test_elbo") == found.points["metric.test_elbo"]
+    assert found.max_points("record.history", required=False) == 0
+    assert found.max_points("nothing.here") is None
+    assert all(found.max_points(n) for n, counts in found.own_checks() if counts)
+    for name in ("hidden.1a", "hidden.1b", "hidden.1c", "hidden.1d", "hidden.2a", "hidden.4a",
+                 "static.no_premade_vae", "reported.test_elbo"):  # checks made outside
+        assert found.max_points(name) > 0 and name in found.columns()
+    assert sum(found.max_points(n) for n in found.columns()) == sum(
+        found.points[k] * (sum(n.startswith(k[:-1]) for n, c in found.own_checks() if c)
+                           if k.endswith(".*") else 1) for k in found.points)
+    assert found.prerequisites("grid.real_10x10") == ("hidden.2a", "record.real_10x10",
+                                                      "execution")
+    assert found.prerequisites("spec.latent_dim")[1] == "record.weights"
+    assert found.prerequisites("hidden.1a") == ()
+
+
+def test_the_manual_items_are_the_prose_answers_of_the_notebooks():
+    """One item per markdown answer of the answer key: a cell tagged solution, or a marked
+    region in a markdown cell."""
+    import nbformat
+
+    from vae_helpers.course import pipeline, student
+
+    answers = {}
+    for name in ("01_math", "02_build", "03_train", "04_analysis", "05_discussion"):
+        nb = nbformat.read(pipeline.notebook_dir() / f"{name}.ipynb", as_version=4)
+        for cell in nb.cells:
+            if cell.cell_type == "markdown":
+                tagged = "solution" in cell.metadata.get("tags", [])
+                regions = student.strip_solutions(cell.source, markdown=True)[1]
+                answers[name] = answers.get(name, 0) + (1 if tagged else regions)
+    items = rubric.load().manual
+    listed = {n: sum(m["notebook"] == n for m in items) for n in answers}
+    assert listed == answers and sum(answers.values()) == 6
+    assert all(m["points"] > 0 and m["title"] for m in items)
+    assert rubric.load().manual_max == sum(m["points"] for m in items)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[points]\n'grid.*.x' = 1\n", r"'grid.\*.x' is neither a check name"),
+    ("[points]\nexecution = -1\n", r"\[points\] execution must be a number >= 0, got -1"),
+    ("[points]\nexecution = 'ten'\n", r"execution must be a number >= 0, got 'ten'"),
+    ("[points]\nexecution = true\n", r"execution must be a number >= 0, got True"),
+    ("[points]\nexecution = nan\n", r"execution must be a number >= 0, got nan"),
+    ("[records]\nrequired = ['test_elbo']\n[points]\nexecution = 1\n",
+     r'\[points\] no points for the check record.test_elbo: give it, or its family "record.\*"'),
+    ("[records]\ninformational = ['history']\n[points]\nexecution = 1\n'record.history' = 2\n",
+     r"record.history is informational \(it does not count\), so it is worth 0 points, not 2"),
+    ("[checks]\ninformational = ['hidden.1a']\n[points]\nexecution = 1\n'hidden.1a' = 2\n",
+     r"hidden.1a is informational"),
+    ("[depends]\n'grid.*' = 'record.*'\n", r"\[depends\] grid.\* must be a list of check names"),
+    ("[depends]\n'metric.x' = ['record.*']\n", r"'record.\*' is not a check name \(a pattern"),
+    ("[depends]\nexecution = ['execution']\n", r"execution cannot depend on itself"),
+    ("[manual.a]\nnotebook = '04_analysis'\ntitle = 'x'\n",
+     r"\[manual.a\] points must be a number > 0, got None"),
+    ("[manual.a]\nnotebook = '04_analysis'\ntitle = ''\npoints = 2\n",
+     r"\[manual.a\] title must be a non-empty string"),
+    ("[manual.a]\nnotebook = '04'\ntitle = 't'\npoints = 2\ncell = 3\n", r"unknown key cell"),
+    ("[manual]\nA = 2\n", r"\[manual\] 'A' is not an item id"),
+    ("[manual]\na = 2\n", r"\[manual.a\] must be a table with notebook, title and points"),
+])
+def test_a_bad_points_depends_or_manual_table_names_the_table_and_the_key(tmp_path, text,
+                                                                           message):
+    path = tmp_path / "rubric.toml"
+    path.write_text(text)
+    with pytest.raises(rubric.RubricError, match=message):
+        rubric.load(path)

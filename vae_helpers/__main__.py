@@ -188,6 +188,22 @@ def _grading_commands(sub) -> None:
     g.add_argument("--force", action="store_true",
                    help="replace what --out holds (with --batch: grade every submission again)")
 
+    gs = sub.add_parser("gradescope", help="build the grader as a Gradescope autograder",
+                        description="Write DIR/autograder/ and DIR/autograder.zip for "
+                                    "Gradescope: setup.sh and run_autograder, the rubric, the "
+                                    "reference run's records, the MNIST file and the project's "
+                                    "source. Upload the zip as the assignment's autograder "
+                                    "(base image Ubuntu 22.04 or later).")
+    gs.add_argument("--reference", required=True, metavar="RUN",
+                    help="the reference run: a directory with records.json (e.g. "
+                         "runs/homework)")
+    gs.add_argument("--out", required=True, metavar="DIR", help="where the autograder goes")
+    gs.add_argument("--rubric", metavar="PATH",
+                    help="a rubric TOML file (default: the homework's)")
+    gs.add_argument("--data", metavar="PATH",
+                    help="the MNIST file to ship: Gradescope has none (default: $VAE_MNIST)")
+    gs.add_argument("--force", action="store_true", help="replace what --out holds")
+
     s = sub.add_parser("student", help="write student versions of the homework notebooks",
                        description="Copy notebooks and the student module with every "
                                    "solution region (# BEGIN SOLUTION ... # END SOLUTION, or "
@@ -298,9 +314,24 @@ def _grade(args) -> int:
     summary = result["summary"]
     verdict = "PASS" if summary["passed"] else "FAIL"
     print(f"{verdict}: {summary['required_passed']} of {summary['required']} required checks "
-          "passed" + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+          f"passed, {summary['score']:g} of {summary['max_score']:g} points"
+          + (f"; failed: {', '.join(summary['failed'])}" if summary["failed"] else ""))
+    if summary["manual"]:
+        print(f"graded by hand, still open: {len(summary['manual'])} answers, "
+              f"{summary['manual_max']:g} points")
     print(f"report written to {args.out}/report.html")
     return 0 if summary["passed"] else 1
+
+
+def _gradescope(args) -> int:
+    from vae_helpers.grading import gradescope
+    from vae_helpers.grading import rubric as rubric_lib
+
+    zipped = gradescope.build(args.reference, args.out, rubric=rubric_lib.load(args.rubric),
+                              data=args.data, force=args.force)
+    print(f"autograder written to {args.out}/autograder/ and {zipped}: upload the zip to "
+          "Gradescope; it ships the MNIST file, the reference's records and the rubric")
+    return 0
 
 
 def _student(args) -> int:
@@ -321,7 +352,7 @@ def _usage_error(command: str, message: str):
 
 
 def _resume_hint(args) -> str:
-    if args.command in ("grade", "compare", "student"):
+    if args.command in ("grade", "compare", "student", "gradescope"):
         return ("what was complete is kept" + (": run the same command again to grade the "
                                                "rest" if getattr(args, "batch", None) else ""))
     out = getattr(args, "out", None)
@@ -339,8 +370,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     args.command_line = " ".join(["python -m vae_helpers", *argv])
     commands = {"train": _train, "pipeline": _pipeline, "publish": _publish,
-                "compare": _compare, "grade": _grade, "student": _student}
-    if args.command in ("compare", "grade", "student"):  # no TensorFlow for these
+                "compare": _compare, "grade": _grade, "student": _student,
+                "gradescope": _gradescope}
+    if args.command in ("compare", "grade", "student", "gradescope"):  # no TensorFlow for these
         return _run_light(commands[args.command], args)
     from vae_helpers.course.pipeline import PipelineError
     from vae_helpers.data import DataError
@@ -365,13 +397,15 @@ def _run_light(command, args) -> int:
     from vae_helpers.grading.batch import BatchError
     from vae_helpers.grading.compare import CompareError
     from vae_helpers.grading.grader import GradingError
+    from vae_helpers.grading.gradescope import AutograderError
     from vae_helpers.grading.sandbox import SandboxError
     from vae_helpers.outdirs import RunLocked
 
     try:
         return command(args)
-    except (BatchError, CompareError, GradingError, RunLocked, PipelineError, SandboxError,
-            OSError, ValueError) as err:  # ValueError includes RubricError and StudentError
+    # ValueError includes RubricError and StudentError
+    except (AutograderError, BatchError, CompareError, GradingError, RunLocked, PipelineError,
+            SandboxError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -4,6 +4,8 @@
 ``batch`` (many submissions, locally or on dask), ``sandbox`` (bubblewrap),
 ``rubric`` (and the homework's ``rubric.toml``), ``recorded`` (records read back as
 untrusted input), ``checks``, ``compare`` and ``report`` (the verdicts and the HTML
-pages). Nothing in the library or the course imports it. Modules are imported
-explicitly, e.g. ``from vae_helpers.grading import grader``.
+pages), ``gradebook`` (``grades.csv`` and Gradescope's ``results.json``) and
+``gradescope`` (the grader as a Gradescope autograder). Nothing in the library or
+the course imports it. Modules are imported explicitly, e.g.
+``from vae_helpers.grading import grader``.
 """

@@ -9,11 +9,16 @@ local process pool, or, with ``scheduler``, as tasks of an existing
 same environment). Each submission is hidden from the others' sandboxes.
 
 ``DIR/summary.csv`` and ``DIR/summary.html`` list one row per student (verdict,
-score, failed checks, the first one's reason, seconds, link to the report); they are rewritten as
-grades complete, so an interrupted batch leaves a summary of what it did. Run
-again, a batch keeps every grade whose ``grade.json`` matches the submission,
-the rubric and the reference (their SHA-256) and grades the rest; ``force``
-grades everything again.
+points scored of the maximum, required checks passed, failed checks, the first one's
+reason, seconds, link to the report); they are rewritten as grades complete, so an
+interrupted batch leaves a summary of what it did. ``DIR/grades.csv`` is the
+gradebook: one row per student with the points of each check, for a learning
+management system (``vae_helpers.grading.gradebook``, which also writes
+Gradescope's ``results.json`` beside each ``grade.json``); it is rewritten with
+the summary. Run again, a batch keeps every
+grade whose ``grade.json`` has the current format and matches the submission, the
+rubric and the reference (their SHA-256) and grades the rest; ``force`` grades
+everything again.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from pathlib import Path
 
 from vae_helpers import io
 from vae_helpers.course.execution import first_line
-from vae_helpers.grading import grader, report
+from vae_helpers.grading import gradebook, grader, report
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.outdirs import claim, run_lock
 
 BATCH_FILE = "batch.json"
 DASK_CONNECT_TIMEOUT = "20s"
-SUMMARY_FIELDS = ("student", "status", "score", "failed", "reason", "seconds", "report")
+SUMMARY_FIELDS = ("student", "status", "score", "max_score", "checks", "failed", "reason",
+                  "seconds", "report")
 
 
 class BatchError(RuntimeError):
@@ -56,7 +62,7 @@ def find_submissions(folder) -> tuple[list[tuple[str, Path]], list[str]]:
             ignored.append(path.name)
             continue
         student = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.stem if path.is_file() else path.name)
-        if student in (BATCH_FILE, "summary.csv", "summary.html"):
+        if student in (BATCH_FILE, "summary.csv", "summary.html", gradebook.GRADES_FILE):
             raise BatchError(f"{path.name} would be graded into {student}/, a name the batch "
                              "uses for itself; rename it")
         if student in seen:
@@ -111,26 +117,28 @@ def grade_batch(submissions, reference, out, rubric=None, data=None, jobs: int =
             kept = None if force else _kept(out / student, path, rubric, reference_hash)
             if kept is not None:
                 rows[student] = kept
-                log(f"{student}: graded before ({kept['status']}, {kept['score']}), kept")
+                log(f"{student}: graded before ({kept['status']}, {kept['score']:g} of "
+                    f"{kept['max_score']:g} points), kept")
             else:
                 pending.append((student, path))
-        _write_summary(out, rows)
+        _write_summary(out, rows, rubric)
         jobs_args = [(student, path, reference, out, rubric, data, box, [submissions, out])
                      for student, path in pending]
         for number, row in enumerate(_run(jobs_args, jobs, scheduler), 1):
             rows[row["student"]] = row
             log(f"[{number}/{len(pending)}] {row['student']}: {row['status']}"
-                + (f" {row['score']}" if row["score"] else "")
+                + (f" {row['score']:g}/{row['max_score']:g}" if row["score"] != "" else "")
                 + (f" ({row['reason']})" if row["reason"] else ""))
-            _write_summary(out, rows)
-        return [rows[s] for s in sorted(rows)]
+            _write_summary(out, rows, rubric)
+        return [{k: v for k, v in rows[s].items() if k != "grade"} for s in sorted(rows)]
 
 
 def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
     """The summary row of an earlier grade of the same submission, rubric and reference."""
     try:
         earlier = io.read_json(folder / grader.GRADE_FILE)
-        same = (earlier["submission"]["sha256"] == grader.submission_hash(path)
+        same = (earlier["format"] == grader.FORMAT
+                and earlier["submission"]["sha256"] == grader.submission_hash(path)
                 and earlier["rubric"]["sha256"] == rubric.sha256
                 and earlier["reference"]["sha256"] == reference_hash)
         return _row(folder.name, earlier) if same else None
@@ -139,14 +147,17 @@ def _kept(folder: Path, path: Path, rubric, reference_hash: str) -> dict | None:
 
 
 def _row(student: str, result: dict) -> dict:
-    """A summary row: verdict, score, failed checks and the reason of the first that counts."""
+    """A summary row: verdict, points, checks passed, failed checks and the reason of the
+    first that counts."""
     summary = result["summary"]
     first = next((c for c in result["checks"] if c["required"] and not c["passed"]), None)
     return {"student": student, "status": "PASS" if summary["passed"] else "FAIL",
-            "score": f"{summary['required_passed']}/{summary['required']}",
+            "score": summary["score"], "max_score": summary["max_score"],
+            "checks": f"{summary['required_passed']}/{summary['required']}",
             "failed": "; ".join(summary["failed"]),
             "reason": f"{first['name']}: {first['reason']}" if first else "",
-            "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html"}
+            "seconds": result["timings"]["total_seconds"], "report": f"{student}/report.html",
+            "grade": {"summary": summary, "checks": result["checks"]}}
 
 
 def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
@@ -159,8 +170,8 @@ def grade_one(student, path, reference, out, rubric, data, box, hide) -> dict:
                                sandbox=box, force=True, name=student, hide=hide)
         return _row(student, result)
     except Exception as err:
-        return {"student": student, "status": "ERROR", "score": "",
-                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+        return {"student": student, "status": "ERROR", "score": "", "max_score": "",
+                "checks": "", "failed": "", "reason": f"not graded: {type(err).__name__}: "
                                       f"{first_line(str(err))}",
                 "seconds": round(time.perf_counter() - started, 1), "report": ""}
 
@@ -208,14 +219,17 @@ def _result(future, student: str) -> dict:
     try:
         return future.result()
     except Exception as err:  # the worker died, or the task could not run there
-        return {"student": student, "status": "ERROR", "score": "",
-                "failed": "", "reason": f"not graded: {type(err).__name__}: "
+        return {"student": student, "status": "ERROR", "score": "", "max_score": "",
+                "checks": "", "failed": "", "reason": f"not graded: {type(err).__name__}: "
                                       f"{first_line(str(err))}",
                 "seconds": None, "report": ""}
 
 
-def _write_summary(out: Path, rows: dict) -> None:
+def _write_summary(out: Path, rows: dict, rubric) -> None:
     ordered = [rows[s] for s in sorted(rows)]
+    gradebook.write_grades(out / gradebook.GRADES_FILE,
+                           [gradebook.grade_row(r["student"], r.get("grade"), rubric)
+                            for r in ordered], rubric)
     if ordered:
         io.write_csv(out / "summary.csv", [{k: r.get(k) for k in SUMMARY_FIELDS}
                                            for r in ordered])

@@ -27,6 +27,15 @@ in this order:
     rubric's ``n_se`` Monte Carlo standard errors ("reported 142.4, recomputed 98.1").
 
 Checks count towards passing unless the rubric lists them as informational.
+
+``score(rubric, checks)`` gives each check its ``max_points`` (the rubric's
+``[points]``; 0 for a check that does not count, ``None`` when the rubric gives it
+none), its ``points`` (all of them when it passed, 0 when it failed) and, when it
+failed, its ``caused_by``: the first of its prerequisites (the rubric's ``[depends]``,
+in the order listed there) that the grade holds and that failed too. ``run_checks``
+scores what it returns; checks added afterwards are scored by ``summary(checks,
+rubric)``, which scores them all again, adds up the points and lists the items still to
+be graded by hand.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from dataclasses import asdict, dataclass
 
 from vae_helpers.course import record
 from vae_helpers.grading.recorded import FILE_PROBLEM, Records
-from vae_helpers.grading.rubric import Rubric
+from vae_helpers.grading.rubric import Rubric, total
 
 TILE = 28
 MAX_GAP = 4
@@ -43,12 +52,16 @@ MAX_GAP = 4
 
 @dataclass
 class Check:
-    """One check: its name, whether it counts, whether it passed, and why."""
+    """One check: its name, whether it counts, whether it passed, and why; once scored
+    (``score``), what it earned and was worth, and the failed check it depends on."""
 
     name: str
     required: bool
     passed: bool
     reason: str
+    points: int | float | None = None
+    max_points: int | float | None = None
+    caused_by: str | None = None
 
     def to_dict(self) -> dict:
         """The check as it is written to ``grade.json``."""
@@ -84,17 +97,53 @@ def run_checks(rubric: Rubric, reference: Records, submission: Records,
     optional = {f"record.{n}" for n in rubric.informational} | set(rubric.informational_checks)
     optional |= {f"record.{n}" for n in submission.problems if n not in listed}
     required = {f"record.{n}" for n in rubric.required}
-    return [Check(name, name in required or name not in optional, passed, reason)
-            for name, passed, reason in found]
+    return score(rubric, [Check(name, name in required or name not in optional, passed, reason)
+                          for name, passed, reason in found])
 
 
-def summary(checks: list[Check]) -> dict:
-    """Counts and the verdict: ``passed`` when every required check passed."""
+def score(rubric: Rubric, checks: list[Check]) -> list[Check]:
+    """Set the points, the maximum and ``caused_by`` of every check (in place); returns
+    ``checks``."""
+    by_name = {c.name: c for c in checks}
+    for check in checks:
+        check.max_points = rubric.max_points(check.name, check.required)
+        check.points = None if check.max_points is None else (
+            check.max_points if check.passed else 0)
+        check.caused_by = None if check.passed else next(
+            (n for n in rubric.prerequisites(check.name)
+             if n != check.name and n in by_name and not by_name[n].passed), None)
+    return checks
+
+
+def root_cause(check: Check, checks: list[Check]) -> str:
+    """The name of the first failure in ``check``'s chain of ``caused_by`` (its own name
+    when it has none)."""
+    by_name, seen, name = {c.name: c for c in checks}, set(), check.name
+    while by_name.get(name) is not None and by_name[name].caused_by and name not in seen:
+        seen.add(name)
+        name = by_name[name].caused_by
+    return name
+
+
+def summary(checks: list[Check], rubric: Rubric) -> dict:
+    """The verdict, the counts and the points of ``checks`` (scored first, with ``score``).
+
+    ``passed`` when every required check passed; ``required_passed`` of ``required``;
+    ``failed``: every failed check's name; ``score`` of ``max_score``: the points earned
+    and possible (the checks the rubric gives points to); ``unscored``: counting checks
+    the rubric gives no points (a rubric to fix); ``manual``: the items graded by hand
+    (``id``, ``notebook``, ``title``, ``points``: their maximum) and ``manual_max``.
+    """
+    score(rubric, checks)
     required = [c for c in checks if c.required]
     passed = sum(c.passed for c in required)
+    scored = [c for c in checks if c.max_points is not None]
     return {"passed": passed == len(required), "required_passed": passed,
-            "required": len(required), "score": round(passed / len(required), 4)
-            if required else 1.0, "failed": [c.name for c in checks if not c.passed]}
+            "required": len(required), "failed": [c.name for c in checks if not c.passed],
+            "score": total(c.points for c in scored),
+            "max_score": total(c.max_points for c in scored),
+            "unscored": [c.name for c in checks if c.max_points is None],
+            "manual": [dict(m) for m in rubric.manual], "manual_max": rubric.manual_max}
 
 
 def _missing(records: Records, name: str) -> str:

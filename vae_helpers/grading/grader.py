@@ -22,9 +22,17 @@ in name order in one working copy, sharing one run directory. ``grade``
    256 KB of what the processes printed), ``DIR/regenerated/`` (the graded figures
    drawn again by the grader from the recorded weights, ``recompute.regenerate``),
    ``DIR/report.html`` (the comparison with the reference, the regenerated figures
-   beside the submission's, and the checks) and, last, ``DIR/grade.json``: the checks,
-   the summary and score, the timings, the sandbox, the versions, and the hashes
-   of the submission, the rubric and the reference's records.
+   beside the submission's, and the checks), ``DIR/results.json`` (the same for
+   Gradescope, ``vae_helpers.grading.gradebook``) and, last, ``DIR/grade.json``: the
+   checks (each with its ``points``, ``max_points`` and, when it failed because a check
+   it depends on failed, ``caused_by``), the summary (the verdict, ``score`` and
+   ``max_score`` in points, the items graded by hand still open: ``manual`` and
+   ``manual_max``), the timings, the sandbox, the versions, and the hashes of the
+   submission, the rubric and the reference's records.
+
+``FORMAT`` names the layout of ``grade.json``; it changes when a field's meaning
+does (version 2: ``score`` is points, no longer the fraction of required checks
+passed), and a batch grades again what an older format holds.
 
 Nothing a submission does raises in the grader: every failure becomes a failed
 check with its reason. ``GradingError`` is for what stops the grader itself: a
@@ -48,13 +56,13 @@ from vae_helpers import io
 from vae_helpers.course import execution
 from vae_helpers.course.execution import first_line
 from vae_helpers.grading import checks as checks_lib
-from vae_helpers.grading import recompute, recorded, report
+from vae_helpers.grading import gradebook, recompute, recorded, report
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.grading.compare import comparison, learning_curves, shown_path
 from vae_helpers.outdirs import claim, run_lock
 
-FORMAT = "vae_helpers.grade/1"
+FORMAT = "vae_helpers.grade/2"
 GRADE_FILE = "grade.json"
 LOG_BYTES = 256 * 2**10
 SKIP = {".ipynb_checkpoints", "__pycache__", ".git"}
@@ -187,6 +195,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
         for figure, image in regenerated.items():
             io.atomic_write_bytes(out / "regenerated" / f"{figure}.png", image)
         checks = checks_lib.run_checks(rubric, reference_records, records, problems)
+        summary = checks_lib.summary(checks, rubric)  # scores every check
         result = {
             "format": FORMAT, "student": name,
             "submission": {"path": shown_path(submission), "sha256": digest},
@@ -194,7 +203,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
                           "sha256": reference_hash(reference)},
             "rubric": {"path": shown_path(rubric.path), "sha256": rubric.sha256},
             "sandbox": box.to_dict(),
-            "summary": checks_lib.summary(checks),
+            "summary": summary,
             "checks": [c.to_dict() for c in checks],
             "notebooks": results,
             "timings": {"started": started_at.isoformat(timespec="seconds"),
@@ -210,6 +219,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
             subtitle=f"submission: {result['submission']['path']} · reference run: "
                      f"{result['reference']['path']} · rubric: {result['rubric']['path']}")
         io.atomic_write_text(out / "report.html", page)
+        gradebook.write_results(out / gradebook.RESULTS_FILE, result)
         io.write_json(out / GRADE_FILE, result)  # last: its presence means "graded"
         return result
 

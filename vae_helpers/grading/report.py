@@ -1,5 +1,10 @@
 """Self-contained HTML pages: comparison and grade reports, and the summary of a batch.
 
+A grade's report shows the points of each check (earned / worth), the total, and the
+answers still to be graded by hand. Its checks come failures first: each failure that
+no other explains, then, nested under it, the checks that failed because of it
+("also failed, because ..."), then the checks that passed.
+
 Every page is one file that opens offline: the CSS is inline and the figures are
 PNGs embedded as base64 ``data:`` URLs. Everything that comes from a run's
 records or a submission (names, values, messages) is HTML-escaped.
@@ -39,6 +44,8 @@ th{background:#f0f4f8;font-weight:600}.num{text-align:right;font-variant-numeric
 tr.bad td{background:#fff5f5}
 .alert{background:#ffe3e3;color:#8a1c1c;border:1px solid #e12d39;border-radius:6px;
  padding:10px 16px;font-weight:600}
+tr.dep td{background:#fffafa}
+tr.dep td:nth-child(2){padding-left:30px}.why{color:#7b8794;font-size:13px}
 """
 
 
@@ -102,12 +109,9 @@ def render_comparison(title: str, data: dict, a: Records, b: Records, labels, cu
     if grade is not None:
         parts.append(_grade_header(grade))
     if checks is not None:
-        parts.append("<h2>Checks</h2>" + table(
-            ["", "check", "counts", "reason"],
-            [[badge(c.passed), f"<code>{esc(c.name)}</code>",
-              "required" if c.required else '<span class="muted">informational</span>',
-              esc(c.reason)] for c in checks],
-            {i: "bad" for i, c in enumerate(checks) if not c.passed and c.required}))
+        parts.append(_checks(checks))
+    if grade is not None and grade["summary"].get("manual"):
+        parts.append(_manual(grade["summary"]))
     parts.append(_metrics(data, la, lb))
     parts.append(_spec(data, la, lb))
     parts.append(_figures(data, a, b, la, lb, regenerated or {}))
@@ -133,9 +137,12 @@ def _grade_header(grade: dict) -> str:
     verdict = grade["summary"]
     box = grade["sandbox"]
     isolated = box.get("isolated", box["kind"] == "bwrap")
-    cards = [("score", f"{verdict['required_passed']} / {verdict['required']}"),
-             ("time", f"{grade['timings']['total_seconds']:.0f} s"),
-             ("sandbox", box["kind"] if isolated else "OFF")]
+    cards = [("points", f"{verdict['score']:g} / {verdict['max_score']:g}"),
+             ("checks passed", f"{verdict['required_passed']} / {verdict['required']}")]
+    if verdict.get("manual"):
+        cards.append(("graded by hand", f"{verdict['manual_max']:g} points open"))
+    cards += [("time", f"{grade['timings']['total_seconds']:.0f} s"),
+              ("sandbox", box["kind"] if isolated else "OFF")]
     html_cards = "".join(f'<div class="card">{esc(k)}<b>{esc(v)}</b></div>' for k, v in cards)
     rows = [[f"<code>{esc(n['notebook'])}</code>", badge(n["status"] == "ok", n["status"]),
              (number(n.get("seconds"), 1),), (number(n.get("peak_memory_mb"), 0),),
@@ -148,8 +155,54 @@ def _grade_header(grade: dict) -> str:
                  f"{ran}</p>")
     elif box.get("note"):
         notes = f'<p class="sub">{esc(box["note"])}</p>'
-    return (f'<div class="cards">{html_cards}</div>{notes}<h2>Notebooks</h2>'
+    unscored = ""
+    if verdict.get("unscored"):
+        unscored = (f'<p class="sub">The rubric gives no points to '
+                    f'{", ".join(f"<code>{esc(n)}</code>" for n in verdict["unscored"])}: '
+                    "they are not in the total.</p>")
+    return (f'<div class="cards">{html_cards}</div>{notes}{unscored}<h2>Notebooks</h2>'
             + table(["notebook", "status", ("seconds",), ("peak MB",), "what happened"], rows))
+
+
+def _points(check) -> str:
+    if check.max_points is None:
+        return '<span class="muted">no points</span>'
+    return f"{check.points:g} / {check.max_points:g}"
+
+
+def _checks(checks) -> str:
+    """The checks: each root failure with the failures it caused under it, then the rest."""
+    from vae_helpers.grading.checks import root_cause
+
+    failed = [c for c in checks if not c.passed]
+    ordered = []
+    for root in (c for c in failed if root_cause(c, checks) == c.name):
+        ordered.append((root, None))
+        ordered += [(d, d.caused_by) for d in failed
+                    if d is not root and root_cause(d, checks) == root.name]
+    placed = {c.name for c, _ in ordered}
+    ordered += [(c, None) for c in checks if c.name not in placed]
+    rows, classes = [], {}
+    for i, (c, because) in enumerate(ordered):
+        reason = esc(c.reason)
+        if because:
+            reason = (f'<span class="why">also failed, because <code>{esc(because)}</code> '
+                      f"failed:</span> {reason}")
+            classes[i] = "dep"
+        elif not c.passed and c.required:
+            classes[i] = "bad"
+        rows.append([badge(c.passed), f"<code>{esc(c.name)}</code>",
+                     "required" if c.required else '<span class="muted">informational</span>',
+                     (_points(c),), reason])
+    return "<h2>Checks</h2>" + table(["", "check", "counts", ("points",), "reason"], rows,
+                                     classes)
+
+
+def _manual(summary: dict) -> str:
+    rows = [[f"<code>{esc(m['id'])}</code>", f"<code>{esc(m['notebook'])}</code>",
+             esc(m["title"]), (f"— / {m['points']:g}",)] for m in summary["manual"]]
+    return (f"<h2>Graded by hand: {summary['manual_max']:g} points still open</h2>"
+            + table(["item", "notebook", "answer", ("points",)], rows))
 
 
 def _metrics(data: dict, la: str, lb: str) -> str:
@@ -229,9 +282,16 @@ def _figures(data: dict, a: Records, b: Records, la: str, lb: str,
     return "".join(parts)
 
 
+def _score(row: dict) -> str:
+    if row.get("score") in (None, ""):
+        return "—"
+    return f"{row['score']:g} / {row['max_score']:g}"
+
+
 def render_summary(title: str, rows: list[dict]) -> str:
-    """The batch summary: one row per student with the verdict, score, failed checks (the
-    first four), the reason of the first, and a link to the student's report."""
+    """The batch summary: one row per student with the verdict, the points, the required
+    checks passed, the failed checks (the first four), the reason of the first, and a link
+    to the student's report."""
     passed = sum(r["status"] == "PASS" for r in rows)
     cards = [("students", len(rows)), ("passed", passed),
              ("failed", sum(r["status"] == "FAIL" for r in rows)),
@@ -246,9 +306,11 @@ def render_summary(title: str, rows: list[dict]) -> str:
         shown = ", ".join(f"<code>{esc(f)}</code>" for f in failed[:4]) + (
             f" and {len(failed) - 4} more" if len(failed) > 4 else "")
         body_rows.append([esc(r["student"]), badge(ok if ok is not None else False, r["status"]),
-                          (esc(r["score"]),), shown or "—", esc(r.get("reason") or ""),
+                          (esc(_score(r)),), esc(r.get("checks") or ""), shown or "—",
+                          esc(r.get("reason") or ""),
                           (number(r.get("seconds"), 0),), link])
     bad = {i: "bad" for i, r in enumerate(rows) if r["status"] != "PASS"}
     return page(title, f"<h1>{esc(title)}</h1><div class=\"cards\">{html_cards}</div>" + table(
-        ["student", "verdict", ("score",), "failed checks", "first reason", ("seconds",), ""],
+        ["student", "verdict", ("points",), "checks passed", "failed checks", "first reason",
+         ("seconds",), ""],
         body_rows, bad))
