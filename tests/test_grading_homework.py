@@ -8,8 +8,9 @@ the shipped rubric's checks and tolerances (its parameters replaced by the same
 smoke settings), the student versions of the two notebooks, each beside the solution
 module, completed five ways: with the reference's own solutions, with three
 deliberate mistakes, and with a forged IWAE value. Each mistake must fail exactly the
-checks it breaks; the forgery changes nothing, since the grader computes the IWAE
-bound itself from the recorded weights.
+checks it breaks (the three are in the notebooks, not in the module, so the hidden tests
+of the module pass for all); the forgery changes nothing, since the grader computes the
+IWAE bound itself from the recorded weights.
 """
 
 from __future__ import annotations
@@ -113,6 +114,13 @@ def failed(grade):
 def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
     grade = graded[0]["same"]
     assert failed(grade) == set() and grade["summary"]["passed"]
+    names = [c["name"] for c in grade["checks"]]
+    assert "static.no_premade_vae" in names  # the handouts import only the student kit
+    assert [n for n in names if n.startswith("hidden.")] == [
+        f"hidden.{t}" for t in rubric.HIDDEN_TASKS]  # the module, on grading-time inputs
+    assert grade["hidden"]["status"] == "finished" and isinstance(grade["hidden"]["seed"], int)
+    seeds = {g["hidden"]["seed"] for g in graded[0].values()}
+    assert len(seeds) == len(graded[0])  # a fresh seed for every submission
     assert [n["status"] for n in grade["notebooks"]] == ["ok", "ok"]
     assert grade["notebooks"][0]["parameters"]["epochs"] == 2
     page = (graded[1] / "grades" / "same" / "report.html").read_text()

@@ -3,7 +3,9 @@
 ``grader`` (one submission, in the sandbox, against a rubric and a reference run),
 ``batch`` (many submissions, locally or on dask), ``sandbox`` (bubblewrap),
 ``rubric`` (and the homework's ``rubric.toml``), ``recorded`` (records read back as
-untrusted input), ``checks``, ``compare`` and ``report`` (the verdicts and the HTML
-pages). Nothing in the library or the course imports it. Modules are imported
-explicitly, e.g. ``from vae_helpers.grading import grader``.
+untrusted input), ``checks``, ``static`` (no pre-made VAE, read before anything runs),
+``hidden`` and ``hidden_child`` (the student module on inputs drawn at grading time),
+``compare`` and ``report`` (the verdicts and the HTML pages). Nothing in the library or
+the course imports it. Modules are imported explicitly, e.g.
+``from vae_helpers.grading import grader``.
 """

@@ -20,7 +20,10 @@ DEFAULT = Path(__file__).with_name("rubric.toml")
 #: the metrics the grader can compute from recorded weights (``grading.recompute``)
 COMPUTABLE = ("iwae_log_likelihood",)
 TABLES = {"records", "grids", "spec", "metrics", "checks", "parameters", "parameters_none",
-          "limits"}
+          "limits", "hidden"}
+#: the tasks of the student module the hidden tests can run (``grading.hidden``)
+HIDDEN_TASKS = ("1a", "1b", "1c", "1d", "2a", "4a")
+HIDDEN_TIME_LIMIT = 600
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
           "file_mb": 512, "submission_mb": 50}
 
@@ -44,6 +47,9 @@ class Rubric:
         parameters: papermill parameters for the notebooks that declare them.
         limits: ``time_limit`` (s), ``memory_mb``, ``disk_mb``, ``output_mb``,
             ``file_mb``, ``submission_mb``.
+        hidden: the hidden tests (``grading.hidden``): ``{"tasks": (...), "time_limit":
+            seconds, "forbidden": {task: {"calls": (...), "why": str}}}``; no tasks without
+            a ``[hidden]`` table.
         path: where it was read from; sha256: of its text (grades record it).
     """
 
@@ -55,6 +61,8 @@ class Rubric:
     informational_checks: tuple
     parameters: dict
     limits: dict
+    hidden: dict = field(default_factory=lambda: {"tasks": (), "time_limit": HIDDEN_TIME_LIMIT,
+                                                  "forbidden": {}})
     path: str = ""
     sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False)
@@ -153,4 +161,38 @@ def _check(raw: dict, path: Path, sha256: str) -> Rubric:
                   spec=dict(tables["spec"]), metrics=metrics,
                   informational_checks=_names(path, "checks", "informational",
                                               tables["checks"].get("informational", [])),
-                  parameters=parameters, limits=limits, path=str(path), sha256=sha256, raw=raw)
+                  parameters=parameters, limits=limits, hidden=_hidden(path, tables["hidden"]),
+                  path=str(path), sha256=sha256, raw=raw)
+
+
+def _hidden(path: Path, table: dict) -> dict:
+    """The checked ``[hidden]`` table."""
+    extra = sorted(set(table) - {"tasks", "time_limit", "forbidden"})
+    if extra:
+        _fail(path, "hidden", f"unknown key {extra[0]} (tasks, time_limit, forbidden)")
+    tasks = _names(path, "hidden", "tasks", table.get("tasks", []))
+    for task in tasks:
+        if task not in HIDDEN_TASKS:
+            _fail(path, "hidden", f"tasks: {task!r} is not a task the hidden tests run "
+                  f"({', '.join(HIDDEN_TASKS)})")
+    limit = table.get("time_limit", HIDDEN_TIME_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        _fail(path, "hidden", f"time_limit must be a positive number, got {limit!r}")
+    forbidden = {}
+    rules = table.get("forbidden", {})
+    if not isinstance(rules, dict):
+        _fail(path, "hidden.forbidden", "must be a table of tasks")
+    for task, rule in rules.items():
+        where = f"hidden.forbidden.{task}"
+        if task not in HIDDEN_TASKS:
+            _fail(path, where, f"is not a task ({', '.join(HIDDEN_TASKS)})")
+        if not isinstance(rule, dict) or set(rule) - {"calls", "why"}:
+            _fail(path, where, "must be a table with the keys calls and why")
+        calls = rule.get("calls", [])
+        if not isinstance(calls, list) or not all(isinstance(c, str) and c.isidentifier()
+                                                  for c in calls):
+            _fail(path, where, "calls must be a list of function or method names")
+        if not isinstance(rule.get("why", ""), str):
+            _fail(path, where, "why must be a string")
+        forbidden[task] = {"calls": tuple(calls), "why": rule.get("why", "")}
+    return {"tasks": tasks, "time_limit": float(limit), "forbidden": forbidden}
