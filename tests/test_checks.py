@@ -184,7 +184,7 @@ def test_a_failed_execution_is_blamed_for_the_records_and_they_for_the_rest(home
 def test_the_first_failed_prerequisite_in_the_rubrics_order_is_blamed(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text('[records]\nrequired = ["test_elbo"]\n[metrics.test_elbo]\ntolerance = 1\n'
-                    '[points]\n"record.*" = 1\nexecution = 1\n"metric.*" = 3\n'
+                    '[points]\n"record.*" = 1\nexecution = 1\n"metric.*" = 3\n"static.*" = 1\n'
                     '[depends]\n"metric.*" = ["hidden.2a", "execution", "record.*"]\n')
     chosen = rubric.load(path)
     off = homework(test_elbo=0.0)

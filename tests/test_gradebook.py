@@ -151,6 +151,7 @@ tolerance = 1.0
 
 [points]
 execution = 2
+"static.no_premade_vae" = 1
 "record.*" = 1
 "metric.*" = 3
 
@@ -229,13 +230,14 @@ def test_the_gradescope_autograder_runs_on_a_folder_of_gradescopes_layout(tmp_pa
     assert {n: (t["status"], t["score"], t["max_score"]) for n, t in tests.items()} == {
         "execution": ("passed", 2, 2), "record.test_elbo": ("passed", 1, 1),
         "record.iwae_log_likelihood": ("failed", 0, 1), "record.history": ("failed", 0, 0),
-        "metric.test_elbo": ("passed", 3, 3), "metric.iwae_log_likelihood": ("failed", 0, 3)}
-    assert results["score"] == 6
+        "metric.test_elbo": ("passed", 3, 3), "metric.iwae_log_likelihood": ("failed", 0, 3),
+        "static.no_premade_vae": ("passed", 1, 1)}
+    assert results["score"] == 7
     assert tests["metric.iwae_log_likelihood"]["output"].startswith(
         "Also failed, because record.iwae_log_likelihood failed.")
     assert "Graded by hand later (4 points): Why the samples are blurry" in results["output"]
     grade = json.loads((root / "grade" / "grade.json").read_text())
-    assert grade["summary"]["max_score"] == 10 and grade["summary"]["manual_max"] == 4
+    assert grade["summary"]["max_score"] == 11 and grade["summary"]["manual_max"] == 4
 
     (source / "rubric.toml").unlink()  # a broken autograder: an error, and no results
     (root / "results" / "results.json").unlink()

@@ -67,8 +67,12 @@ record.history([{"epoch": e, "train_elbo": 100.0 + e, "test_elbo": 95.0 + e}
                 for e in range(1, epochs + 1)])
 '''
 # The stand-ins record no weights: here the spec and the IWAE value are taken as recorded
-# (grading from weights is tested in test_grading_homework.py).
-RUBRIC = (rubric.DEFAULT.read_text().split("[parameters]")[0]
+# (grading from weights is tested in test_grading_homework.py). They have no student module
+# either: the hidden tests are off here (tested in test_hidden.py and, through the grader, in
+# test_grading_homework.py), except in the test of a submission without a module.
+TASKS = 'tasks = ["1a", "1b", "1c", "1d", "2a", "4a"]'
+assert TASKS in rubric.DEFAULT.read_text()
+RUBRIC = (rubric.DEFAULT.read_text().split("[parameters]")[0].replace(TASKS, "tasks = []")
           .replace('"weights"]', '"model_spec"]').replace("recompute = true", "recompute = false")
           .replace("reported = true", "reported = false")
           + '''
@@ -216,7 +220,7 @@ def test_the_good_submission_passes_among_the_hostile_ones(hostile_batch, setup)
     assert alice["sandbox"]["kind"] == hostile_batch["box"].kind
     summary = alice["summary"]
     assert {k: summary[k] for k in ("passed", "required_passed", "required", "failed")} == {
-        "passed": True, "required_passed": 22, "required": 22, "failed": []}
+        "passed": True, "required_passed": 23, "required": 23, "failed": []}
     worth = {c["name"]: setup["rubric"].max_points(c["name"], c["required"])
              for c in alice["checks"]}
     assert summary["score"] == summary["max_score"] == sum(worth.values()) > 0
@@ -296,6 +300,30 @@ def test_the_graders_environment_and_files_do_not_reach_a_submission(hostile_bat
     assert "notebooks" not in seen["beside"] and "runs" not in seen["beside"]
 
 
+def test_the_static_check_reads_every_submission_before_it_runs(hostile_batch):
+    grades = hostile_batch["grades"]
+    reasons = {student: failures(grade).get("static.no_premade_vae")
+               for student, grade in grades.items()}
+    assert reasons["alice"] is None and reasons["raises"] is None
+    assert reasons["corrupt"].startswith("corrupt.ipynb: not a readable notebook (")
+    assert reasons["fake"] == ("fake.ipynb: not a Jupyter notebook (no list of cells): hand "
+                               "in Python the check can read")
+    assert reasons["bulky"] == ("not checked: the submission has 6.0 MB, more than the 5 "
+                                "allowed")
+
+
+def test_without_a_student_module_the_hidden_checks_fail_and_nothing_crashes(setup, tmp_path):
+    with_hidden = tmp_path / "rubric.toml"
+    with_hidden.write_text(RUBRIC.replace("tasks = []", TASKS))
+    grade = grader.grade(good_notebook(tmp_path / "hw.ipynb"), setup["reference"],
+                         tmp_path / "g", rubric=rubric.load(with_hidden), data=setup["data"],
+                         sandbox=usable_box())
+    assert failures(grade) == {f"hidden.{t}": "no vae_homework.py in the submission"
+                               for t in rubric.HIDDEN_TASKS}
+    assert grade["hidden"]["status"] == "no module" and grade["hidden"]["seed"] >= 0
+    assert grade["summary"]["required"] == 23 + 6
+
+
 def test_records_written_behind_the_api_are_checked_again(hostile_batch):
     bad = failures(hostile_batch["grades"]["badrecords"])
     assert bad["record.test_elbo"] == "nan is not a finite number"
@@ -341,7 +369,7 @@ def test_the_summary_lists_every_student_with_a_link_to_the_report(hostile_batch
     assert len(lines) == 1 + len(hostile_batch["rows"])
     full = setup["rubric"].max_points  # alice passes all: every counting check's points
     most = sum(full(c["name"], c["required"]) for c in hostile_batch["grades"]["alice"]["checks"])
-    assert lines[1].startswith(f"alice,PASS,{most},{most},22/22,,,")
+    assert lines[1].startswith(f"alice,PASS,{most},{most},23/23,,,")
     assert hostile_batch["rows"]["raises"]["reason"] == (
         "execution: raises.ipynb: In [1]: RuntimeError: the student code failed")
     header, *rows = (out / "grades.csv").read_text().splitlines()
@@ -483,7 +511,7 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
     printed = capsys.readouterr().out.splitlines()
     grade = json.loads((out / "grade.json").read_text())
     most, manual = grade["summary"]["max_score"], setup["rubric"].manual
-    assert printed[-3] == f"PASS: 22 of 22 required checks passed, {most} of {most} points"
+    assert printed[-3] == f"PASS: 23 of 23 required checks passed, {most} of {most} points"
     assert printed[-2] == (f"graded by hand, still open: {len(manual)} answers, "
                            f"{sum(m['points'] for m in manual)} points")
     assert printed[-1] == f"report written to {out}/report.html"
@@ -503,7 +531,7 @@ def test_the_command_line_grades_one_submission(setup, tmp_path, capsys):
                  "--sandbox", "off"]) == 1
     captured = capsys.readouterr()
     assert captured.err.count("warning: the sandbox is off") == 1
-    assert "FAIL: 0 of 22 required checks passed" in captured.out
+    assert "FAIL: 0 of 23 required checks passed" in captured.out
 
 
 @pytest.mark.parametrize("extra, message", [

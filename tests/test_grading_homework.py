@@ -9,9 +9,10 @@ smoke settings), the student versions of the two notebooks, each beside the solu
 module, completed five ways: with the reference's own solutions, with three
 deliberate mistakes, and with a forged IWAE value; and a forged submission that
 trains nothing and records the reference's own metrics. Each mistake must fail
-exactly the checks it breaks; the forged IWAE value changes nothing, since the
-grader computes the metrics itself from the recorded weights, and the forged
-submission fails its metrics with the values the grader recomputed.
+exactly the checks it breaks (the three are in the notebooks, not in the module, so
+the hidden tests of the module pass for all); the forged IWAE value changes nothing,
+since the grader computes the metrics itself from the recorded weights, and the
+forged submission fails its metrics with the values the grader recomputed.
 """
 
 from __future__ import annotations
@@ -150,6 +151,13 @@ def failed(grade):
 def test_the_reference_notebooks_grade_all_pass_against_their_own_run(graded):
     grade = graded[0]["same"]
     assert failed(grade) == set() and grade["summary"]["passed"]
+    names = [c["name"] for c in grade["checks"]]
+    assert "static.no_premade_vae" in names  # the handouts import only the student kit
+    assert [n for n in names if n.startswith("hidden.")] == [
+        f"hidden.{t}" for t in rubric.HIDDEN_TASKS]  # the module, on grading-time inputs
+    assert grade["hidden"]["status"] == "finished" and isinstance(grade["hidden"]["seed"], int)
+    seeds = {g["hidden"]["seed"] for g in graded[0].values()}
+    assert len(seeds) == len(graded[0])  # a fresh seed for every submission
     assert [n["status"] for n in grade["notebooks"]] == ["ok", "ok"]
     assert grade["notebooks"][0]["parameters"]["epochs"] == 2
     page = (graded[1] / "grades" / "same" / "report.html").read_text()

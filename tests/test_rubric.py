@@ -71,12 +71,36 @@ def test_the_shipped_rubric_sets_only_parameters_the_homework_declares():
     ("[parameters_none]\nnames = ['n-train']\n", r"'n-train' is not a record name"),
     ("[spec]\nLatent = 2\n", r"'Latent' is not a spec key"),
     ("[records\n", r"is not valid TOML"),
+    ("[hidden]\ntasks = ['2b']\n", r"\[hidden\] tasks: '2b' is not a task the hidden tests run"),
+    ("[hidden]\ntime_limit = 0\n", r"\[hidden\] time_limit must be a positive number"),
+    ("[hidden]\nseed = 1\n", r"\[hidden\] unknown key seed"),
+    ("[hidden.forbidden.3a]\ncalls = []\n", r"\[hidden.forbidden.3a\] is not a task"),
+    ("[hidden.forbidden.1c]\ncalls = ['tfd.kl_divergence']\n",
+     r"calls must be a list of function or method names"),
+    ("[hidden.forbidden.1c]\ncall = ['kl_divergence']\n", r"with the keys calls and why"),
 ])
 def test_a_bad_rubric_names_the_table_and_the_key(tmp_path, text, message):
     path = tmp_path / "rubric.toml"
     path.write_text(text)
     with pytest.raises(rubric.RubricError, match=message):
         rubric.load(path)
+
+
+def test_the_shipped_rubric_runs_every_hidden_task_and_forbids_what_each_derives():
+    hidden = rubric.load().hidden
+    assert hidden["tasks"] == rubric.HIDDEN_TASKS and hidden["time_limit"] > 0
+    assert "1a" not in hidden["forbidden"]
+    assert "kl_divergence" in hidden["forbidden"]["1c"]["calls"]
+    assert "sample" in hidden["forbidden"]["1d"]["calls"]
+    assert {"sample", "kl_divergence"} <= set(hidden["forbidden"]["4a"]["calls"])
+    assert all(rule["why"] for rule in hidden["forbidden"].values())
+
+
+def test_without_a_hidden_table_no_hidden_tests_run(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("[limits]\ntime_limit = 60\n")
+    assert rubric.load(path).hidden == {"tasks": (), "time_limit": rubric.HIDDEN_TIME_LIMIT,
+                                        "forbidden": {}}
 
 
 def test_a_missing_rubric(tmp_path):
@@ -141,9 +165,11 @@ def test_the_manual_items_are_the_prose_answers_of_the_notebooks():
     ("[points]\nexecution = nan\n", r"execution must be a number >= 0, got nan"),
     ("[records]\nrequired = ['test_elbo']\n[points]\nexecution = 1\n",
      r'\[points\] no points for the check record.test_elbo: give it, or its family "record.\*"'),
-    ("[records]\ninformational = ['history']\n[points]\nexecution = 1\n'record.history' = 2\n",
+    ("[records]\ninformational = ['history']\n[points]\nexecution = 1\n'record.history' = 2\n"
+     "'static.no_premade_vae' = 1\n",
      r"record.history is informational \(it does not count\), so it is worth 0 points, not 2"),
-    ("[checks]\ninformational = ['hidden.1a']\n[points]\nexecution = 1\n'hidden.1a' = 2\n",
+    ("[checks]\ninformational = ['hidden.1a']\n[points]\nexecution = 1\n'hidden.1a' = 2\n"
+     "'static.no_premade_vae' = 1\n",
      r"hidden.1a is informational"),
     ("[depends]\n'grid.*' = 'record.*'\n", r"\[depends\] grid.\* must be a list of check names"),
     ("[depends]\n'metric.x' = ['record.*']\n", r"'record.\*' is not a check name \(a pattern"),

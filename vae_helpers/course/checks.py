@@ -16,7 +16,9 @@ inside the package.
 
 The student kit (``KIT``) is what a handout and the student's module may import
 from the package; ``check_kit`` fails a module that imports anything else, such as
-the reference ``vae_helpers.model``.
+the reference ``vae_helpers.model``, also through ``importlib.import_module`` or
+``__import__`` with a constant name (``kit_violations``, on ``imported_modules``: the
+one import scanner, which the grader's ``static.no_premade_vae`` check uses too).
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ import numpy as np
 from vae_helpers.course.checking import Failed, as_array, call, close, run
 from vae_helpers.course.model_checks import check_test_elbo, check_train_step, check_vae
 
-__all__ = ["KIT", "notebook_python", "kit_violations", "check_kit", "check_minibatch_elbo",
-           "check_gaussian_grads", "check_gaussian_kl", "check_reparameterization", "check_vae",
+__all__ = ["KIT", "notebook_python", "imported_modules", "kit_violations", "check_kit",
+           "check_minibatch_elbo", "check_gaussian_grads", "check_gaussian_kl",
+           "check_reparameterization", "check_vae",
            "check_train_step", "check_test_elbo", "check_laplace", "check_all"]
 
 KIT = (
@@ -65,22 +68,81 @@ def notebook_python(path) -> str:
                      if not line.lstrip().startswith(("%", "!")))
 
 
-def kit_violations(source: str) -> list[str]:
-    """The package modules that ``source`` imports outside the kit, in order."""
+def imported_modules(source: str) -> list[tuple[str, int]]:
+    """Every module ``source`` imports, with the line of the import, in order.
+
+    Read from the syntax tree, nothing executed: ``import a.b``, ``from a.b import c``
+    (``a.b.c`` when ``a.b`` is ``vae_helpers`` or ``vae_helpers.course``, whose members
+    are modules), and the dynamic imports ``importlib.import_module("a.b")`` (also
+    relative to a constant package) and ``__import__("a.b", fromlist=[...])`` with
+    constant strings. Relative imports (``from . import x``) are left out.
+
+    Raises:
+        SyntaxError: ``source`` is not Python.
+    """
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            if node.module in _KIT_PACKAGES:
-                names = [f"{node.module}.{alias.name}" for alias in node.names]
-            else:
-                names = [node.module]
+            names = _members(node.module, [alias.name for alias in node.names])
+        elif isinstance(node, ast.Call):
+            names = _dynamic_import(node)
         else:
             continue
-        found += [n for n in names if (n == "vae_helpers" or n.startswith("vae_helpers."))
-                  and n not in KIT + KIT_NAMES and n not in found]
-    return found
+        found += [(name, node.lineno) for name in names]
+    return sorted(found, key=lambda item: item[1])
+
+
+def _members(module: str, members: list[str]) -> list[str]:
+    if module in _KIT_PACKAGES:
+        return [f"{module}.{member}" for member in members]
+    return [module]
+
+
+def _constant(node) -> str | None:
+    return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+
+def _dynamic_import(call: ast.Call) -> list[str]:
+    """The module a call of ``importlib.import_module`` or ``__import__`` imports, when its
+    name is a constant string."""
+    func = call.func
+    called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+    if called not in ("import_module", "__import__") or not call.args:
+        return []
+    name = _constant(call.args[0])
+    if name is None:
+        return []
+    if called == "import_module":
+        package = _constant(call.args[1]) if len(call.args) > 1 else next(
+            (_constant(k.value) for k in call.keywords if k.arg == "package"), None)
+        if name.startswith("."):
+            if not package:
+                return []
+            name = package + name if name.strip(".") else package
+        return [name]
+    fromlist = call.args[3] if len(call.args) > 3 else next(
+        (k.value for k in call.keywords if k.arg == "fromlist"), None)
+    members = [_constant(e) for e in getattr(fromlist, "elts", [])]
+    members = [m for m in members if m]
+    return _members(name, members) if members else [name]
+
+
+def kit_violations(source: str, lines: bool = False) -> list:
+    """The package modules that ``source`` imports outside the kit, in order (also through
+    ``importlib.import_module`` or ``__import__`` with a constant name).
+
+    With ``lines``, every such import as a pair ``(module, line)``; without, each module
+    once.
+
+    Raises:
+        SyntaxError: ``source`` is not Python.
+    """
+    found = [(name, line) for name, line in imported_modules(source)
+             if (name == "vae_helpers" or name.startswith("vae_helpers."))
+             and name not in KIT + KIT_NAMES]
+    return found if lines else list(dict.fromkeys(name for name, _ in found))
 
 
 def check_kit(module: ModuleType) -> bool:

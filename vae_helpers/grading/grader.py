@@ -17,7 +17,12 @@ in name order in one working copy, sharing one run directory. ``grade``
 3. reads the records back as untrusted input (``vae_helpers.grading.recorded``),
    computes the rubric's ``recompute`` metrics itself from the recorded weights
    (``vae_helpers.grading.recompute``), and runs the checks
-   (``vae_helpers.grading.checks``) against the rubric and the reference run;
+   (``vae_helpers.grading.checks``) against the rubric and the reference run,
+   with two more: ``static.no_premade_vae`` (``vae_helpers.grading.static``: the copy,
+   read before anything runs, imports no pre-made VAE) and the hidden tests
+   ``hidden.TASK`` (``vae_helpers.grading.hidden``: after the notebooks, the student
+   module as handed in, run in the sandbox on inputs drawn from a fresh seed, which
+   ``grade.json`` keeps under ``hidden``);
 4. writes ``DIR/notebooks/`` (the executed notebooks), ``DIR/logs/`` (the first
    256 KB of what the processes printed), ``DIR/regenerated/`` (the graded figures
    drawn again by the grader from the recorded weights, ``recompute.regenerate``),
@@ -56,7 +61,8 @@ from vae_helpers import io
 from vae_helpers.course import execution
 from vae_helpers.course.execution import first_line
 from vae_helpers.grading import checks as checks_lib
-from vae_helpers.grading import gradebook, recompute, recorded, report
+from vae_helpers.grading import gradebook, recompute, recorded, report, static
+from vae_helpers.grading import hidden as hidden_tests
 from vae_helpers.grading import rubric as rubric_lib
 from vae_helpers.grading import sandbox as sandbox_lib
 from vae_helpers.grading.compare import comparison, learning_curves, shown_path
@@ -170,6 +176,8 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
         digest = submission_hash(submission)  # of what is graded, before it is copied
         work, results, problems = out / "work", [], []
         trouble = _copy(submission, work, rubric.limits["submission_mb"])
+        # read before anything of the submission runs
+        premade, module = static.check(work, rubric, trouble), hidden_tests.submitted(work, trouble)
         notebooks = [] if trouble else sorted(p for p in work.glob("*.ipynb") if p.is_file())
         if trouble or not notebooks:
             problems.append(trouble or "the submission holds no .ipynb notebook")
@@ -194,7 +202,12 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
             (out / "regenerated").mkdir(exist_ok=True)
         for figure, image in regenerated.items():
             io.atomic_write_bytes(out / "regenerated" / f"{figure}.png", image)
-        checks = checks_lib.run_checks(rubric, reference_records, records, problems)
+        log(f"{name}: running the hidden tests of its vae_homework.py")
+        tested, tests_run = hidden_tests.run(
+            module, rubric, work, box.wrapper(work, hide=hidden, read_only=[data]),
+            _environment(box, work, data), out / "logs" / "hidden.log")
+        checks = [*checks_lib.run_checks(rubric, reference_records, records, problems),
+                  premade, *tested]
         summary = checks_lib.summary(checks, rubric)  # scores every check
         result = {
             "format": FORMAT, "student": name,
@@ -205,7 +218,7 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
             "sandbox": box.to_dict(),
             "summary": summary,
             "checks": [c.to_dict() for c in checks],
-            "notebooks": results,
+            "notebooks": results, "hidden": tests_run,
             "timings": {"started": started_at.isoformat(timespec="seconds"),
                         "total_seconds": round(time.perf_counter() - started, 1)},
             "limits": dict(rubric.limits), "versions": _versions(),

@@ -44,10 +44,13 @@ COMPUTABLE = ("test_elbo", "iwae_log_likelihood")
 #: noise (``checks``: ``reported.NAME``)
 REPORTABLE = ("test_elbo",)
 TABLES = {"records", "grids", "spec", "metrics", "checks", "points", "depends", "manual",
-          "parameters", "parameters_none", "limits"}
+          "parameters", "parameters_none", "limits", "hidden"}
 #: a check's name (``execution``, ``grid.real_10x10``, ``hidden.1a``) and a family pattern
 CHECK_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
 FAMILY = re.compile(r"[a-z0-9_]+\.\*")
+#: the tasks of the student module the hidden tests can run (``grading.hidden``)
+HIDDEN_TASKS = ("1a", "1b", "1c", "1d", "2a", "4a")
+HIDDEN_TIME_LIMIT = 600
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
           "file_mb": 512, "submission_mb": 50, "processes": 128}
 WHOLE_LIMITS = ("processes",)
@@ -79,6 +82,9 @@ class Rubric:
         parameters: papermill parameters for the notebooks that declare them.
         limits: ``time_limit`` (s), ``memory_mb``, ``disk_mb``, ``output_mb``,
             ``file_mb``, ``submission_mb``, ``processes`` (at once, a whole number).
+        hidden: the hidden tests (``grading.hidden``): ``{"tasks": (...), "time_limit":
+            seconds, "forbidden": {task: {"calls": (...), "why": str}}}``; no tasks without
+            a ``[hidden]`` table.
         path: where it was read from; sha256: of its text (grades record it).
     """
 
@@ -93,6 +99,8 @@ class Rubric:
     points: dict = field(default_factory=dict)
     depends: dict = field(default_factory=dict)
     manual: tuple = ()
+    hidden: dict = field(default_factory=lambda: {"tasks": (), "time_limit": HIDDEN_TIME_LIMIT,
+                                                  "forbidden": {}})
     path: str = ""
     sha256: str = ""
     raw: dict = field(default_factory=dict, repr=False)
@@ -126,6 +134,10 @@ class Rubric:
         found += [(f"{kind}.{n}", True) for kind, names in
                   (("grid", self.grids), ("spec", self.spec), ("metric", self.metrics))
                   for n in names]
+        found += [(f"reported.{n}", True) for n, rule in self.metrics.items()
+                  if rule.get("reported")]
+        found += [("static.no_premade_vae", True)]
+        found += [(f"hidden.{task}", True) for task in self.hidden["tasks"]]
         return [(n, counts and n not in self.informational_checks) for n, counts in found]
 
     def columns(self) -> list[str]:
@@ -263,7 +275,8 @@ def _check(raw: dict, path: Path, sha256: str) -> Rubric:
                    informational_checks=informational_checks, parameters=parameters,
                    limits=limits, points=_points(path, tables["points"]),
                    depends=_depends(path, tables["depends"]),
-                   manual=_manual(path, tables["manual"]), path=str(path), sha256=sha256,
+                   manual=_manual(path, tables["manual"]),
+                   hidden=_hidden(path, tables["hidden"]), path=str(path), sha256=sha256,
                    raw=raw)
     if found.points:
         counting = {n for n, counts in found.own_checks() if counts}
@@ -336,3 +349,36 @@ def _manual(path: Path, table: dict) -> tuple:
                       "points": _number(path, where, "points", item.get("points"),
                                         positive=True)})
     return tuple(items)
+
+
+def _hidden(path: Path, table: dict) -> dict:
+    """The checked ``[hidden]`` table."""
+    extra = sorted(set(table) - {"tasks", "time_limit", "forbidden"})
+    if extra:
+        _fail(path, "hidden", f"unknown key {extra[0]} (tasks, time_limit, forbidden)")
+    tasks = _names(path, "hidden", "tasks", table.get("tasks", []))
+    for task in tasks:
+        if task not in HIDDEN_TASKS:
+            _fail(path, "hidden", f"tasks: {task!r} is not a task the hidden tests run "
+                  f"({', '.join(HIDDEN_TASKS)})")
+    limit = table.get("time_limit", HIDDEN_TIME_LIMIT)
+    if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0:
+        _fail(path, "hidden", f"time_limit must be a positive number, got {limit!r}")
+    forbidden = {}
+    rules = table.get("forbidden", {})
+    if not isinstance(rules, dict):
+        _fail(path, "hidden.forbidden", "must be a table of tasks")
+    for task, rule in rules.items():
+        where = f"hidden.forbidden.{task}"
+        if task not in HIDDEN_TASKS:
+            _fail(path, where, f"is not a task ({', '.join(HIDDEN_TASKS)})")
+        if not isinstance(rule, dict) or set(rule) - {"calls", "why"}:
+            _fail(path, where, "must be a table with the keys calls and why")
+        calls = rule.get("calls", [])
+        if not isinstance(calls, list) or not all(isinstance(c, str) and c.isidentifier()
+                                                  for c in calls):
+            _fail(path, where, "calls must be a list of function or method names")
+        if not isinstance(rule.get("why", ""), str):
+            _fail(path, where, "why must be a string")
+        forbidden[task] = {"calls": tuple(calls), "why": rule.get("why", "")}
+    return {"tasks": tasks, "time_limit": float(limit), "forbidden": forbidden}
