@@ -229,7 +229,7 @@ def test_the_good_submission_passes_among_the_hostile_ones(hostile_batch, setup)
     assert alice["format"] == grader.FORMAT == "vae_helpers.grade/2"
 
 
-def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
+def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch, setup):
     grades = hostile_batch["grades"]
     reasons = {student: failures(grade).get("execution") for student, grade in grades.items()}
     assert reasons["raises"] == "raises.ipynb: In [1]: RuntimeError: the student code failed"
@@ -259,7 +259,9 @@ def test_every_hostile_submission_fails_with_a_clear_reason(hostile_batch):
     assert raised["record.test_elbo"]["caused_by"] == "execution"
     assert raised["metric.test_elbo"]["caused_by"] == "record.test_elbo"
     assert raised["spec.latent_dim"]["caused_by"] == "execution"  # no record.weights here
-    assert grades["raises"]["summary"]["score"] == 0  # each failure loses its points
+    # each failure loses its points; only the static check passes, as nothing is imported
+    static = setup["rubric"].max_points("static.no_premade_vae")
+    assert grades["raises"]["summary"]["score"] == static > 0
     page = (hostile_batch["out"] / "raises" / "report.html").read_text()
     assert page.count("also failed, because") == sum(
         c["caused_by"] is not None for c in raised.values())
@@ -318,8 +320,10 @@ def test_without_a_student_module_the_hidden_checks_fail_and_nothing_crashes(set
     grade = grader.grade(good_notebook(tmp_path / "hw.ipynb"), setup["reference"],
                          tmp_path / "g", rubric=rubric.load(with_hidden), data=setup["data"],
                          sandbox=usable_box())
-    assert failures(grade) == {f"hidden.{t}": "no vae_homework.py in the submission"
-                               for t in rubric.HIDDEN_TASKS}
+    assert failures(grade) == {
+        **{f"hidden.{t}": "no vae_homework.py in the submission" for t in rubric.HIDDEN_TASKS},
+        "static.no_premade_vae": "no vae_homework.py in the submission: the homework's model, "
+                                 "its training and its math go there"}
     assert grade["hidden"]["status"] == "no module" and grade["hidden"]["seed"] >= 0
     assert grade["summary"]["required"] == 23 + 6
 

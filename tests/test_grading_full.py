@@ -35,7 +35,7 @@ def reference(tmp_path_factory, notebooks_executed):
     return out
 
 
-def test_the_solution_graded_at_full_size_passes_every_check(tmp_path, reference):
+def test_the_solution_graded_at_full_size_gets_every_automatic_point(tmp_path, reference):
     import nbformat
 
     versions = tmp_path / "student"
@@ -49,6 +49,7 @@ def test_the_solution_graded_at_full_size_passes_every_check(tmp_path, reference
                          sandbox=box if box.isolated else "off")
     failed = {c["name"]: c["reason"] for c in grade["checks"] if not c["passed"]}
     assert failed == {} and grade["summary"]["passed"]
+    assert grade["summary"]["score"] == grade["summary"]["max_score"] == 100  # every point
     assert [n["status"] for n in grade["notebooks"]] == ["ok", "ok"]
     assert grade["notebooks"][0]["parameters"]["epochs"] == 100
     reasons = {c["name"]: c["reason"] for c in grade["checks"]}

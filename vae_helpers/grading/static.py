@@ -18,6 +18,8 @@ IPython's ``%`` and ``!`` lines are skipped, as is a cell under a ``%%`` magic t
 not Python (``%%bash``, ``%%html``); a file or cell that is not Python fails the
 check, named, since it cannot be checked. A name built at run time escapes a
 static check; the hidden tests (``grading.hidden``) run the student's code as well.
+When the rubric runs hidden tests, a submission without the student module
+(``vae_homework.py``) fails this check too: there is nothing of the homework to read.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from vae_helpers.course.checks import imported_modules, kit_violations
 from vae_helpers.course.execution import first_line
+from vae_helpers.course.student import STUDENT_MODULE as MODULE
 from vae_helpers.grading.checks import Check
 
 NAME = "static.no_premade_vae"
@@ -138,6 +141,11 @@ def check(work, rubric=None, trouble: str | None = None) -> Check:
     required = rubric is None or NAME not in rubric.informational_checks
     if trouble:
         return Check(NAME, required, False, f"not checked: {trouble}")
+    if rubric is not None and rubric.hidden["tasks"] and not (Path(work) / MODULE).is_file():
+        # the homework's code belongs in the module: without it there is nothing to check,
+        # and an empty submission earns no points for importing nothing
+        return Check(NAME, required, False, f"no {MODULE} in the submission: the homework's "
+                     "model, its training and its math go there")
     found, files = problems(Path(work))
     if not found:
         return Check(NAME, required, True,
