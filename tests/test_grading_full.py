@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from test_grading_homework import submission
+from test_grading_homework import reference_run, submission
 
 from vae_helpers.course import pipeline, student
 from vae_helpers.grading import grader, sandbox
@@ -26,13 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, notebooks_executed):
-    profile, runs, complete = notebooks_executed
-    if profile == "full" and set(student.HOMEWORK) <= set(complete):
-        return runs / "runs" / "homework"  # what nbval executed before this test
-    out = tmp_path_factory.mktemp("reference") / "run"
-    pipeline.run_pipeline(out, "full", {"bernoulli_epochs": 0}, stages=student.HOMEWORK,
-                          progress=False, log=lambda *_: None)
-    return out
+    """The run directory of a full-size run of the homework's notebooks."""
+    return reference_run(tmp_path_factory, notebooks_executed, "full")
 
 
 def test_the_solution_graded_at_full_size_gets_every_automatic_point(tmp_path, reference):
