@@ -144,8 +144,8 @@ def plot_latent_scatter(z, labels, title: str = "Test set in latent space (means
     order = rng.permutation(len(z))
     colours = np.array(DIGIT_COLOURS)
     fig, ax = _figure(ax, (7.0, 6.0))
-    ax.scatter(z[order, 0], z[order, 1], s=3, alpha=0.7, c=colours[labels[order]],
-               linewidths=0, rasterized=True)
+    ax.scatter(z[order, 0], z[order, 1], s=3, alpha=0.6, c=colours[labels[order]],
+               rasterized=True)
     ax.set_xlabel("$z_1$")
     ax.set_ylabel("$z_2$")
     ax.set_title(with_note(title, note))
