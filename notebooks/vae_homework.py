@@ -388,7 +388,8 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
     Returns:
         One row per epoch trained so far: ``{"epoch": e, "train_elbo": the mean of the
         epoch's minibatch ELBOs, "test_elbo": the test images' mean ELBO after the epoch
-        (``None`` without ``test_images``), "seconds": the epoch's duration}``.
+        (``None`` without ``test_images``), "sigma2": the learned likelihood variance
+        ``likelihood_variance(rho)`` after the epoch, "seconds": the epoch's duration}``.
     """
     # BEGIN SOLUTION: 2b, the loop over epochs and minibatches, checkpointed each epoch
     run_dir = Path(run_dir)
@@ -396,7 +397,8 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     step = make_train_step(vae, optimizer)
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
-    history = tf.Variable(tf.zeros([0, 3], tf.float64), shape=[None, 3], name="history")
+    # one row per epoch: train ELBO, test ELBO (NaN without test images), sigma^2, seconds
+    history = tf.Variable(tf.zeros([0, 4], tf.float64), shape=[None, 4], name="history")
     checkpoint = tf.train.Checkpoint(vae=vae, optimizer=optimizer, epoch=epoch, history=history)
     manager = tf.train.CheckpointManager(checkpoint, run_dir / "checkpoints", max_to_keep=2)
     checkpoint.restore(manager.latest_checkpoint)
@@ -416,8 +418,9 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
             test_elbo = float(np.mean(np.concatenate(
                 [vae.compute_elbo(test_images[i:i + 2000]).numpy()
                  for i in range(0, len(test_images), 2000)])))
+        sigma2 = float(likelihood_variance(vae.weights()["likelihood/rho"]))
         epoch.assign_add(1)
-        row = [[total / n_batches, test_elbo, seconds]]
+        row = [[total / n_batches, test_elbo, sigma2, seconds]]
         history.assign(tf.concat([history, tf.constant(row, tf.float64)], axis=0))
         manager.save()
         save_weights(vae, run_dir)
@@ -428,8 +431,8 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
         bar.close()
     return [{"epoch": i + 1, "train_elbo": float(train_elbo),
              "test_elbo": None if math.isnan(test_elbo) else float(test_elbo),
-             "seconds": float(seconds)}
-            for i, (train_elbo, test_elbo, seconds) in enumerate(history.numpy())]
+             "sigma2": float(sigma2), "seconds": float(seconds)}
+            for i, (train_elbo, test_elbo, sigma2, seconds) in enumerate(history.numpy())]
     # END SOLUTION
 
 

@@ -316,3 +316,22 @@ def test_variable_sweeps_change_one_variable_at_a_time(tiny):
                                        model.decode(eye[classes][None]).numpy()[0], rtol=1e-6)
     with pytest.raises(ValueError, match="class indices"):
         variable_sweeps(model, [3, 0])
+
+
+def test_variable_sweeps_take_one_base_code_per_row(tiny):
+    from vae_helpers.discrete import variable_sweeps
+
+    model, _ = tiny                                           # 2 variables, 3 classes
+    bases = np.array([[2, 1], [0, 2]])                        # row 0 sweeps variable 1
+    images = variable_sweeps(model, bases, variables=[1, 0])
+    eye = np.eye(3, dtype=np.float32)
+    for row, (j, base) in enumerate(zip([1, 0], bases, strict=True)):
+        for c in range(3):
+            classes = base.copy()
+            classes[j] = c
+            np.testing.assert_allclose(images[row * 3 + c],
+                                       model.decode(eye[classes][None]).numpy()[0], rtol=1e-6)
+    # the rows start from different images, unlike with one base for all
+    assert not np.allclose(images[0 * 3 + 0], images[1 * 3 + 0])
+    with pytest.raises(ValueError, match="once per swept variable"):
+        variable_sweeps(model, bases[:1], variables=[1, 0])

@@ -203,6 +203,17 @@ def test_training_continues_after_an_interruption(solution, tmp_path):
         np.testing.assert_array_equal(variable.numpy(), before[name])
 
 
+def test_training_records_the_learned_variance_after_each_epoch(solution, tmp_path):
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(320, 784), dtype=np.uint8)
+    vae = solution.VAE(hidden_units=32, seed=1)
+    rows = solution.train(vae, pixels, epochs=1, run_dir=tmp_path, batch_size=64,
+                          progress=False)
+    learned = float(solution.likelihood_variance(vae.weights()["likelihood/rho"]))
+    assert rows[0]["sigma2"] > 0 and rows[0]["sigma2"] != pytest.approx(0.1, rel=1e-3)
+    assert rows[0]["sigma2"] == pytest.approx(learned, rel=1e-6)
+
+
 def test_training_measures_the_test_elbo_after_each_epoch(solution, tmp_path):
     rng = np.random.default_rng(4)
     pixels = rng.integers(0, 256, size=(256, 784), dtype=np.uint8)

@@ -88,6 +88,15 @@ def test_csv_gaps_come_back_as_none(tmp_path):
     assert io.read_csv(path) == [{"a": 1, "b": None}, {"a": 2, "b": None}]
 
 
+def test_csv_header_holds_a_key_first_seen_in_a_later_row(tmp_path):
+    # a run resumed from rows written before a column existed
+    path = io.write_csv(tmp_path / "h.csv", [{"epoch": 1, "seconds": 2.0},
+                                             {"epoch": 2, "sigma2": 0.5, "seconds": 3.0}])
+    assert path.read_text().splitlines()[0] == "epoch,seconds,sigma2"
+    assert io.read_csv(path) == [{"epoch": 1, "seconds": 2.0, "sigma2": None},
+                                 {"epoch": 2, "seconds": 3.0, "sigma2": 0.5}]
+
+
 def test_written_files_get_the_mode_the_umask_gives_not_0600(tmp_path):
     old = os.umask(0o022)
     try:

@@ -106,9 +106,59 @@ def test_plot_latent_scatter_has_one_legend_entry_per_digit():
     assert sum(len(c.get_offsets()) for c in small.axes[0].collections) == 50
 
 
+def drawn_points(fig):
+    """The scatter's points in drawing order: ``(offsets [N, 2], digit of each point)``,
+    the digit read back from the point's colour in the documented palette."""
+    from matplotlib.colors import to_rgb
+
+    (collection,) = fig.axes[0].collections
+    palette = np.array([to_rgb(c) for c in plots.DIGIT_COLOURS])
+    faces = collection.get_facecolors()[:, :3]
+    distance = np.abs(faces[:, None, :] - palette[None]).sum(-1)
+    assert np.allclose(distance.min(axis=1), 0.0)          # every colour is the palette's
+    return np.asarray(collection.get_offsets()), distance.argmin(axis=1)
+
+
+def test_latent_scatter_draws_a_seeded_shuffle_in_the_documented_palette():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 30)                  # given sorted by digit
+    z = rng.normal(size=(300, 2)) + labels[:, None]
+    offsets, digits = drawn_points(plots.plot_latent_scatter(z, labels, seed=3))
+    # each drawn point is one code, each code drawn once: a permutation of the input
+    order = [int(np.flatnonzero(np.all(z.astype(np.float32) == p, axis=1))[0]) for p in offsets]
+    assert sorted(order) == list(range(300))
+    np.testing.assert_array_equal(digits, labels[order])   # and coloured by its own digit
+    assert np.any(np.diff(digits) < 0)                     # not drawn digit by digit
+    # the palette is Petroff's ten colours, as matplotlib ships them when it does
+    import matplotlib
+
+    sequences = getattr(matplotlib, "color_sequences", {})
+    if "petroff10" in sequences:
+        from matplotlib.colors import to_hex
+
+        assert [to_hex(c) for c in sequences["petroff10"]] == list(plots.DIGIT_COLOURS)
+    assert len(set(plots.DIGIT_COLOURS)) == 10
+    legend = [h.get_color() for h in plt.gcf().axes[0].get_legend().legend_handles]
+    assert legend == list(plots.DIGIT_COLOURS)
+    # the same seed draws the same figure; another seed another order
+    again, _ = drawn_points(plots.plot_latent_scatter(z, labels, seed=3))
+    other, _ = drawn_points(plots.plot_latent_scatter(z, labels, seed=4))
+    np.testing.assert_array_equal(offsets, again)
+    assert not np.array_equal(offsets, other)
+    plt.close("all")
+
+
+def test_latent_scatter_title_carries_a_note():
+    fig = plots.plot_latent_scatter(np.zeros((10, 2)), np.arange(10), title="codes",
+                                    note="(stand-in: 5 epochs)")
+    assert fig.axes[0].get_title() == "codes (stand-in: 5 epochs)"
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("z, labels, message", [
     (np.zeros((5, 3)), np.zeros(5), r"2-D codes \[N, 2\]"),
     (np.zeros((5, 2)), np.zeros(4), "5 codes but 4 labels"),
+    (np.zeros((2, 2)), np.array([0, 10]), r"digit labels must be 0..9"),
 ])
 def test_plot_latent_scatter_rejects_bad_input(z, labels, message):
     with pytest.raises(ValueError, match=message):
@@ -133,6 +183,23 @@ def test_plot_learning_curves_draws_train_and_test_and_skips_missing_test_values
     assert [len(ax.lines) for ax in fig.axes] == [2]
     with pytest.raises(ValueError, match="no epochs"):
         plots.plot_learning_curves([])
+
+
+def test_plot_learning_curves_draws_sigma2_when_the_history_has_it():
+    sigma2 = [0.1, 0.03, 0.02]
+    rows = [dict(epoch=e, train_elbo=-100.0 + e, test_elbo=-101.0 + e, sigma2=v, seconds=1.0)
+            for e, v in zip((1, 2, 3), sigma2, strict=True)]
+    fig = plots.plot_learning_curves(rows)
+    assert [ax.get_title() for ax in fig.axes] == ["ELBO (nats / image)", "learned σ² of p(x|z)"]
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(), sigma2)
+    assert fig.axes[1].get_yscale() == "log"
+    # a model without a learned scalar variance records None: no panel
+    assert len(plots.plot_learning_curves([{**r, "sigma2": None} for r in rows]).axes) == 1
+    # all four quantities: a 2 x 2 grid about a notebook wide
+    full = [dict(r, train_reconstruction=-90.0, train_kl=10.0) for r in rows]
+    fig = plots.plot_learning_curves(full)
+    assert len(fig.axes) == 4 and fig.get_size_inches()[0] <= 10.5
+    plt.close("all")
 
 
 def test_save_figure_writes_a_png_under_figures(tmp_path):
@@ -183,3 +250,75 @@ def test_plot_contingency_writes_every_nonzero_count_in_its_cell():
     plt.close(fig)
     with pytest.raises(ValueError, match="2-D"):
         plots.plot_contingency(np.arange(3))
+
+
+def test_contingency_marks_dead_codes_and_names_them_in_the_title():
+    table = np.array([[5, 0, 0, 1], [0, 0, 7, 0], [2, 0, 0, 0]])   # code 1 never used
+    fig = plots.plot_contingency(table, title="accuracy 90%", note="(stand-in: 5 epochs)")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0", "1†", "2", "3"]
+    assert ax.get_title() == "accuracy 90% (stand-in: 5 epochs)\n† dead code 1: no image assigned"
+    (patch,) = ax.patches                                  # one hatched column, over code 1
+    assert patch.get_x() == 0.5 and patch.get_width() == 1.0 and patch.get_hatch() == "///"
+    assert plots.dead_columns(table) == [1]
+    alive = plots.plot_contingency(table[:, [0, 2, 3]], title="t")
+    assert alive.axes[0].get_title() == "t" and not alive.axes[0].patches
+    plt.close("all")
+
+
+def test_class_examples_leave_out_dead_classes_and_say_so():
+    k, n = 4, 3
+    images = np.stack([np.full(784, (c + 1) / 10) for c in range(k) for _ in range(1 + n)])
+    counts = np.array([12, 0, 3, 0])
+    fig = plots.plot_class_examples(images, counts, n, title="classes")
+    ax = fig.axes[0]
+    shown = ax.get_images()[0].get_array()
+    assert shown.shape == (2 * 28 + 1, (1 + n) * 28 + n)   # two rows: classes 0 and 2
+    assert shown[0, 0] == pytest.approx(0.1) and shown[29, 0] == pytest.approx(0.3)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0 (12)", "2 (3)"]
+    assert ax.get_title() == "classes\ndead classes 1, 3 (no image assigned): not shown"
+    with pytest.raises(ValueError, match="no class has an image"):
+        plots.plot_class_examples(images, np.zeros(k), n)
+    plt.close("all")
+
+
+def test_range_grid_from_quantiles_ignores_planted_outliers():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(2000, 2))
+    z[:5] = [[80.0, -60.0], [-90.0, 70.0], [50.0, 50.0], [-70.0, -40.0], [60.0, 90.0]]
+    z1, z2 = plots.range_grid(z, 7, quantiles=(0.01, 0.99))
+    normal = NormalDist()
+    for values in (z1, z2):          # near N(0, 1)'s 1st and 99th percentiles, +-2.33
+        assert values[0] == pytest.approx(normal.inv_cdf(0.01), abs=0.25)
+        assert values[-1] == pytest.approx(normal.inv_cdf(0.99), abs=0.25)
+        assert np.allclose(np.diff(values), np.diff(values)[0], rtol=1e-4)
+    full1, _ = plots.range_grid(z, 7)
+    assert full1[0] == -90.0 and full1[-1] == 80.0         # min..max: the outliers
+    with pytest.raises(ValueError, match="quantiles must be"):
+        plots.range_grid(z, 7, quantiles=(0.9, 0.1))
+
+
+def test_manifolds_one_per_row_at_notebook_width():
+    class Mean:
+        def __init__(self, z):
+            self.z = np.asarray(z)
+
+        def mean(self):
+            return np.full((len(self.z), 784), 0.5)
+
+    class Model:
+        def generate(self, z):
+            return Mean(z)
+
+    z1, z2 = np.linspace(-2, 2, 20), np.linspace(-2, 2, 20)
+    fig = plots.plot_manifolds([(Model(), z1, z2, f"model {i}") for i in range(3)],
+                               note="(stand-in: 5 epochs)")
+    assert fig.get_size_inches()[0] == pytest.approx(plots.NOTEBOOK_WIDTH)
+    assert [ax.get_title() for ax in fig.axes] == [f"model {i} (stand-in: 5 epochs)"
+                                                   for i in range(3)]
+    boxes = [ax.get_position() for ax in fig.axes]          # stacked, not side by side
+    assert boxes[0].y0 > boxes[1].y0 > boxes[2].y0
+    assert all(im.get_array().shape == (560, 560) for ax in fig.axes for im in ax.get_images())
+    single = plots.plot_manifold(Model(), z1, z2, figsize=(6.0, 6.5))
+    assert tuple(single.get_size_inches()) == (6.0, 6.5)
+    plt.close("all")

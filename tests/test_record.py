@@ -55,6 +55,23 @@ def test_every_kind_of_record_reads_back_as_written(run):
     assert found.history()[1] == {"epoch": 2, "train_elbo": 12.5, "test_elbo": 11.0}
 
 
+def test_a_history_with_the_learned_variance_reads_back_and_a_bad_one_is_refused(run, tmp_path):
+    from vae_helpers.training import HISTORY_FIELDS
+
+    package_row = {key: float(i + 1) for i, key in enumerate(HISTORY_FIELDS)} | {"epoch": 1}
+    student_row = {"epoch": 2, "train_elbo": 5.0, "test_elbo": None, "sigma2": 0.02,
+                   "seconds": 3.0}
+    record.history([package_row, student_row])
+    assert recorded.load(run).history() == [package_row, student_row]
+    with pytest.raises(RecordError, match="history.sigma2: a variance must be positive"):
+        record.history([{**student_row, "sigma2": -0.5}])
+    # the grader reads a record written by anyone: the same check
+    write(tmp_path / "hostile", {"history": {"kind": "history",
+                                             "rows": [{**student_row, "sigma2": 0.0}]}})
+    problems = recorded.load(tmp_path / "hostile").problems
+    assert problems == {"history": "history.sigma2: a variance must be positive, got 0.0"}
+
+
 def test_the_environment_variable_wins_over_set_run_dir(run, tmp_path, monkeypatch):
     monkeypatch.setenv(record.RECORD_DIR_ENV, str(tmp_path / "graded"))
     assert record.set_run_dir(run) == tmp_path / "graded"

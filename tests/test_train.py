@@ -126,6 +126,23 @@ def test_a_few_hundred_steps_raise_the_elbo(digits):
     assert list(history.last) == list(HISTORY_FIELDS)
 
 
+def test_each_epoch_records_the_learned_variance(digits):
+    model = VAE(**SMALL)
+    start = float(model.likelihood.variance)
+    history = run_fit(model, digits[:384], epochs=1, batch_size=64, progress=False)
+    sigma2 = history.last["sigma2"]
+    assert sigma2 > 0 and sigma2 != pytest.approx(start, rel=1e-3)   # it was learned
+    assert sigma2 == pytest.approx(float(model.likelihood.variance), rel=1e-6)
+    assert training.learned_variance(model) == pytest.approx(sigma2, rel=1e-6)
+
+
+@pytest.mark.parametrize("options", [dict(likelihood="bernoulli"), dict(covariance="diagonal")])
+def test_no_learned_scalar_variance_records_none(digits, options):
+    model = VAE(**SMALL, **options)
+    history = run_fit(model, digits[:128], epochs=1, batch_size=64, progress=False)
+    assert history.last["sigma2"] is None and training.learned_variance(model) is None
+
+
 def test_same_seed_same_numbers_different_seed_different(digits):
     runs = []
     for seed in (1, 1, 2):

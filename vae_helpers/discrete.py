@@ -400,25 +400,36 @@ def category_examples(model: CategoricalVAE, x, n_examples: int = 9,
 
 
 def variable_sweeps(model: CategoricalVAE, base_code, variables=None) -> np.ndarray:
-    """What each variable does: row j decodes ``base_code`` with variable j set to each class.
+    """What each variable does: row j decodes a base code with variable j set to each class.
+
+    With one base code every row starts from the same image, and the rows of a model
+    whose variables each change little look alike; with one base code per row (e.g.
+    the codes of test digits of different labels) each row shows the variable acting
+    on another digit.
 
     Args:
         model: the model.
-        base_code: one code, ``[M]`` class indices (e.g. ``model.assign(x)[0]``).
+        base_code: ``[M]`` class indices (e.g. ``model.assign(x)[0]``), the base of every
+            row, or ``[len(variables), M]``, one base per row (``model.assign(x)``).
         variables: the variables to sweep, one row each (default: all M).
 
     Returns:
         ``[len(variables) * K, D]`` mean images, row by row.
     """
-    base = np.asarray(base_code, np.int64).reshape(-1)
     k, m = model.num_classes, model.num_variables
-    if base.shape != (m,) or base.min() < 0 or base.max() >= k:
-        raise ValueError(f"base_code must hold {m} class indices in 0..{k - 1}, got {base_code!r}")
-    variables = range(m) if variables is None else variables
+    variables = list(range(m) if variables is None else variables)
+    base = np.asarray(base_code, np.int64)
+    if base.ndim == 1:
+        base = np.broadcast_to(base, (len(variables), base.size))
+    if (base.ndim != 2 or base.shape != (len(variables), m) or base.min() < 0
+            or base.max() >= k):
+        raise ValueError(f"base_code must hold {m} class indices in 0..{k - 1}, once or "
+                         f"once per swept variable ({len(variables)}), got an array of shape "
+                         f"{np.shape(base_code)}")
     codes = []
-    for j in variables:
+    for j, row_base in zip(variables, base, strict=True):
         for c in range(k):
-            classes = base.copy()
+            classes = row_base.copy()
             classes[j] = c
             codes.append(np.eye(k, dtype=np.float32)[classes])
     return np.asarray(model.decode(np.stack(codes)))

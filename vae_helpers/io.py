@@ -78,11 +78,14 @@ def read_json(path: str | os.PathLike):
 
 
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping]) -> Path:
-    """Write dict rows as CSV (header from the first row's keys) atomically."""
+    """Write dict rows as CSV atomically. The header holds every key of the rows in the
+    order they first appear (a run resumed from older rows may add a column); a row
+    without a key leaves its cell empty."""
     rows = list(rows)
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(_jsonable(r) for r in rows)
     return atomic_write_text(path, buf.getvalue())

@@ -7,7 +7,7 @@ produced::
     record.figure("samples_10x10", fig)          # the PNG, and the shapes of its images
     record.array("latent_means", codes)          # small arrays only
     record.model_spec(model)                     # a VAE, or a dict (see SPEC_KEYS)
-    record.history(history)                      # per-epoch train/test ELBO
+    record.history(history)                      # per-epoch train/test ELBO (and σ²)
     record.weights(vae.weights())                # a homework VAE's named float32 arrays
 
 (``save_weights`` and ``load_weights`` write and read such arrays as a plain file,
@@ -360,7 +360,11 @@ def check_spec(name: str, spec) -> dict:
 
 
 def check_history(name: str, rows) -> list:
-    """A history, checked: rows of an ``epoch`` and numbers (or ``None``)."""
+    """A history, checked: rows of an ``epoch`` and numbers (or ``None``).
+
+    The keys are free (``train_elbo``, ``test_elbo``, ``seconds``, ...); ``sigma2``, the
+    learned likelihood variance after the epoch, must be positive when given.
+    """
     if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_HISTORY_ROWS:
         raise RecordError(f"{name}: a history is a list of 1 to {MAX_HISTORY_ROWS} rows")
     out = []
@@ -368,8 +372,12 @@ def check_history(name: str, rows) -> list:
         if not isinstance(row, Mapping) or "epoch" not in row or len(row) > MAX_DETAILS:
             raise RecordError(f"{name}: every row is a dict with an 'epoch' and at most "
                               f"{MAX_DETAILS} numbers, got {_short(row)}")
-        out.append({check_name(k): None if v is None else check_number(f"{name}.{k}", v)
-                    for k, v in row.items()})
+        checked = {check_name(k): None if v is None else check_number(f"{name}.{k}", v)
+                   for k, v in row.items()}
+        if checked.get("sigma2") is not None and not checked["sigma2"] > 0:
+            raise RecordError(f"{name}.sigma2: a variance must be positive, got "
+                              f"{checked['sigma2']!r}")
+        out.append(checked)
     return out
 
 

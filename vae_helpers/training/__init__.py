@@ -9,7 +9,8 @@
     ``Checkpoints``, the one owner of a run's checkpoint folder (``fit.json``,
     ``history.json``, ``ckpt-N``): resume checks, restores, saves, write failures.
 ``loop``
-    ``fit(model, x_train, settings, ...)``: the compiled loop, and ``TrainingDiverged``.
+    ``fit(model, x_train, settings, ...)``: the compiled loop, ``TrainingDiverged``, and
+    ``learned_variance(model)``, the σ² each history row records.
 
 The names a user needs are here::
 
@@ -25,10 +26,10 @@ from vae_helpers.training.checkpoints import (
     completed_epochs,
 )
 from vae_helpers.training.history import HISTORY_FIELDS, History
-from vae_helpers.training.loop import TrainingDiverged, fit
+from vae_helpers.training.loop import TrainingDiverged, fit, learned_variance
 from vae_helpers.training.schedule import kl_weight_at, learning_rate_at
 from vae_helpers.training.settings import SCHEDULE_DEFAULTS, TrainingSettings
 
 __all__ = ["CheckpointError", "Checkpoints", "HISTORY_FIELDS", "History", "RunWriteError",
            "SCHEDULE_DEFAULTS", "TrainingDiverged", "TrainingSettings", "completed_epochs",
-           "fit", "kl_weight_at", "learning_rate_at"]
+           "fit", "kl_weight_at", "learned_variance", "learning_rate_at"]

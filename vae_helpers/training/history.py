@@ -1,4 +1,11 @@
-"""The history of a training run: one row per completed epoch."""
+"""The history of a training run: one row per completed epoch.
+
+A row holds the epoch (counted from 1), the mean training ELBO, reconstruction and KL
+over the epoch's steps, the test ELBO terms after the epoch (``None`` without a test
+set), ``sigma2``, the likelihood's learned variance after the epoch (``None`` for a
+model without a learned scalar variance: a Bernoulli likelihood, or a diagonal
+covariance), and the epoch's wall-clock seconds.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,7 @@ from vae_helpers import io
 
 HISTORY_FIELDS = (
     "epoch", "train_elbo", "train_reconstruction", "train_kl",
-    "test_elbo", "test_reconstruction", "test_kl", "seconds",
+    "test_elbo", "test_reconstruction", "test_kl", "sigma2", "seconds",
 )
 
 

@@ -192,7 +192,8 @@ def fit(model, x_train, settings: TrainingSettings | None = None, x_test=None,
 
     Returns:
         The ``History``: per epoch the mean training ELBO, reconstruction and KL
-        over its steps, the test ELBO terms, and the wall-clock seconds.
+        over its steps, the test ELBO terms, the learned likelihood variance σ² after
+        the epoch (``learned_variance``), and the wall-clock seconds.
 
     Randomness comes only from stateless seeds derived from the seed, the epoch and
     the step; ``fit`` does not touch global random state. A second ``fit`` call on
@@ -277,6 +278,7 @@ def fit(model, x_train, settings: TrainingSettings | None = None, x_test=None,
                 result = evaluate_elbo(model, test, seed=settings.seed)
                 row.update(test_elbo=result["elbo"], test_reconstruction=result["reconstruction"],
                            test_kl=result["kl"])
+            row["sigma2"] = learned_variance(model)
             row["seconds"] = time.perf_counter() - t0
             history.rows.append({k: _py(v) for k, v in row.items()})
             epoch_var.assign(epoch + 1)
@@ -288,6 +290,15 @@ def fit(model, x_train, settings: TrainingSettings | None = None, x_test=None,
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, history)
     return history
+
+
+def learned_variance(model) -> float | None:
+    """The learned scalar variance σ² of ``model``'s likelihood, or ``None`` when it has
+    none (a Bernoulli likelihood, or a diagonal covariance with one variance per pixel)."""
+    likelihood = getattr(model, "likelihood", None)
+    if getattr(likelihood, "covariance", None) != "scalar":
+        return None
+    return float(likelihood.variance)
 
 
 def _py(v):
