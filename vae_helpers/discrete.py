@@ -58,7 +58,7 @@ import numpy as np
 
 from vae_helpers import distributions as dist
 from vae_helpers.backend import tf, tfd
-from vae_helpers.model import INPUT_DIM, MLP, VAE, as_units
+from vae_helpers.model import INPUT_DIM, MLP, VAE, as_units, check_beta
 from vae_helpers.seeding import SALT_INIT, stateless_seed
 
 #: Codes summed over by the exact estimator at most (K ** M).
@@ -160,6 +160,8 @@ class CategoricalVAE(VAE):
         input_dim: pixels per image.
         covariance: Gaussian likelihood only: ``"scalar"`` or ``"diagonal"``.
         seed: seed of the weight initialisation.
+        beta: the weight of the KL term in the training objective (default 1, the
+            ELBO), as in ``model.VAE``; the reported ELBO is the true one whatever β.
     """
 
     latent_type = "categorical"
@@ -178,6 +180,7 @@ class CategoricalVAE(VAE):
         input_dim: int = INPUT_DIM,
         covariance: str = "scalar",
         seed: int = 0,
+        beta: float = 1.0,
         name: str | None = None,
     ):
         tf.Module.__init__(self, name=name)
@@ -212,6 +215,7 @@ class CategoricalVAE(VAE):
         self.hidden_units = units
         self.init_stddev = float(init_stddev)
         self.seed = int(seed)
+        self.beta = check_beta(beta)
         self.estimator = estimator
         self.initial_temperature = float(initial_temperature)
         self.final_temperature = float(final_temperature)
@@ -231,7 +235,7 @@ class CategoricalVAE(VAE):
             estimator=estimator, initial_temperature=self.initial_temperature,
             final_temperature=self.final_temperature, anneal_epochs=self.anneal_epochs,
             init_stddev=self.init_stddev, input_dim=self.input_dim, covariance=covariance,
-            seed=self.seed,
+            seed=self.seed, beta=self.beta,
         )
 
     @classmethod
@@ -286,13 +290,15 @@ class CategoricalVAE(VAE):
         return reconstruction - kl, reconstruction, kl
 
     def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
-        """What ``training.fit`` ascends: the exact ELBO, or the relaxed objective.
+        """What ``training.fit`` ascends: ``(reconstruction - beta * kl, reconstruction, kl)``
+        with the exact terms of the ELBO, or the relaxed reconstruction term.
 
         ``epoch`` (training progress in epochs) sets the relaxed estimator's
         temperature; ``None`` means the start of training.
         """
         if self.estimator == "exact":
-            return self.elbo_terms(x, n_samples, seed)
+            _, reconstruction, kl = self.elbo_terms(x, n_samples, seed)
+            return reconstruction - self.beta * kl, reconstruction, kl
         x = tf.convert_to_tensor(x, tf.float32)
         params = self.encoder(x)
         kl = dist.kl_divergence(self.posterior(params), self.prior())
@@ -303,7 +309,7 @@ class CategoricalVAE(VAE):
             seed = stateless_seed(seed)
         z = self.posterior.relaxed_sample(params, temperature, n_samples, seed)
         reconstruction = tf.reduce_mean(self.generate(z).log_prob(x), axis=0)
-        return reconstruction - kl, reconstruction, kl
+        return reconstruction - self.beta * kl, reconstruction, kl
 
     def exact_log_likelihood(self, x) -> tf.Tensor:
         """:math:`\\log p(x) = \\log \\sum_z p(x \\mid z) p(z)` of each image ``[B]`` (nats)."""
