@@ -277,7 +277,7 @@ def test_contingency_table_and_best_match_against_every_permutation():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_classes=1), "at least 2"),
     (dict(num_variables=0), "positive integer"),
-    (dict(estimator="reinforce"), "estimator"),
+    (dict(estimator="rebar"), "estimator"),
     (dict(initial_temperature=0.5, final_temperature=1.0), "annealed"),
     (dict(anneal_epochs=0), "anneal_epochs"),
 ])

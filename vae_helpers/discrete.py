@@ -39,6 +39,48 @@ two ways, both here (``estimator``):
     ``initial_temperature`` to ``final_temperature`` over ``anneal_epochs``
     epochs (exponentially, then constant): a biased but low-variance gradient.
 
+``"reinforce"``
+    The score-function estimator (Williams, 1992), unbiased: with S one-hot samples
+    :math:`z_s \sim q` and :math:`f(z) = \log p(x \mid z)`,
+    :math:`\nabla_\phi \mathbb E_q[f] \approx \frac1S \sum_s (f(z_s) - b_s)\,
+    \nabla_\phi \log q(z_s \mid x)`, with the *leave-one-out* baseline
+    :math:`b_s = \frac1{S-1} \sum_{j \ne s} f(z_j)` (Kool, van Hoof & Welling, 2019),
+    which is independent of :math:`z_s` and so adds no bias; it needs
+    :math:`S \ge 2` (``TrainingSettings(n_samples=...)``). The decoder's gradient is
+    the plain Monte Carlo one, :math:`\frac1S \sum_s \nabla_\theta f(z_s)`.
+    ``estimator_terms(..., baseline="none")`` gives the estimator without a baseline
+    (:math:`b_s = 0`), to show what the baseline buys.
+``"straight_through"``
+    The straight-through Gumbel-softmax estimator (Jang, Gu & Poole, 2017, section
+    2.2): the forward pass uses the one-hot sample :math:`h_m =
+    \mathrm{onehot}(\arg\max_k (\log \pi_{mk} + g_{mk}))`, an exact sample of
+    :math:`\mathrm{Cat}(\pi_m)` (the Gumbel-max trick), and the backward pass the
+    gradient of the relaxed sample :math:`\tilde z_m` of the same noise, as
+    :math:`h + \tilde z - \mathrm{stop\_gradient}(\tilde z)`. Its reconstruction
+    term is an unbiased estimate and so is its gradient for the decoder (evaluated at
+    one-hot codes); its gradient for the encoder is biased, at any temperature.
+
+In each, the KL term is closed form and its gradient exact; the training objective
+is ``reconstruction - beta * kl`` (``beta``, default 1, as in ``model.VAE``), where the
+reconstruction term's *value* is the estimator's Monte Carlo estimate (one-hot
+samples for ``reinforce`` and ``straight_through``) and its *gradient* is the
+estimator's. ``estimator_terms`` computes these terms for any estimator on a model,
+whatever the estimator it trains with.
+
+Comparing gradient estimators
+-----------------------------
+``gradient_draws`` computes an estimator's gradient of the batch's mean objective
+with respect to given variables over many independent draws (draw i uses the seed
+``seeding.stateless_seed(seed, i)``), and ``gradient_moments`` summarises them: per
+parameter, the mean, the sample variance (``ddof=1``) and the standard error of the
+mean; as scalars, the mean variance over parameters and the total variance (their
+sum, the expected squared distance of one draw from the mean gradient).
+``compare_estimators`` puts several estimators side by side with each one's
+distance from the exact gradient. The exact gradient, by enumeration, has variance
+0; the score function is unbiased but noisy (much noisier without a baseline); the
+relaxed and straight-through estimators have a low variance and a bias
+(``tests/test_estimators.py`` measures both on a small model).
+
 Whatever the training estimator, the ELBO this model reports (``elbo_terms``, so
 the test ELBO of ``training.fit`` and ``evaluate``) is the true ELBO of the discrete
 model: exact by enumeration when the code is small enough, else a Monte Carlo
@@ -58,13 +100,17 @@ import numpy as np
 
 from vae_helpers import distributions as dist
 from vae_helpers.backend import tf, tfd
-from vae_helpers.model import INPUT_DIM, MLP, VAE, as_units
+from vae_helpers.model import INPUT_DIM, MLP, VAE, as_units, check_beta
 from vae_helpers.seeding import SALT_INIT, stateless_seed
 
 #: Codes summed over by the exact estimator at most (K ** M).
 MAX_CODES = 1024
 
-ESTIMATORS = ("exact", "relaxed")
+#: How the gradient of the reconstruction term is estimated (see the module's docstring).
+ESTIMATORS = ("exact", "relaxed", "reinforce", "straight_through")
+
+#: Baselines of the score-function estimator: leave-one-out over the samples, or none.
+BASELINES = ("loo", "none")
 
 
 class UniformCategoricalPrior:
@@ -152,14 +198,19 @@ class CategoricalVAE(VAE):
         hidden_units: hidden widths of both networks.
         likelihood: ``"bernoulli"`` (binarized digits, default), ``"gaussian"`` or
             ``"continuous_bernoulli"``.
-        estimator: ``"exact"`` (sum over all codes; needs ``K ** M <= MAX_CODES``) or
-            ``"relaxed"`` (Gumbel-softmax with an annealed temperature).
+        estimator: the training estimator: ``"exact"`` (sum over all codes; needs
+            ``K ** M <= MAX_CODES``), ``"relaxed"`` (Gumbel-softmax with an annealed
+            temperature), ``"reinforce"`` (score function with the leave-one-out
+            baseline; needs ``n_samples >= 2``) or ``"straight_through"``
+            (straight-through Gumbel-softmax, annealed as ``"relaxed"``).
         initial_temperature, final_temperature, anneal_epochs: the relaxed estimator's
             temperature, ``initial * (final / initial) ** min(epoch / anneal_epochs, 1)``.
         init_stddev: standard deviation of the initial weights.
         input_dim: pixels per image.
         covariance: Gaussian likelihood only: ``"scalar"`` or ``"diagonal"``.
         seed: seed of the weight initialisation.
+        beta: the weight of the KL term in the training objective (default 1, the
+            ELBO), as in ``model.VAE``; the reported ELBO is the true one whatever β.
     """
 
     latent_type = "categorical"
@@ -178,6 +229,7 @@ class CategoricalVAE(VAE):
         input_dim: int = INPUT_DIM,
         covariance: str = "scalar",
         seed: int = 0,
+        beta: float = 1.0,
         name: str | None = None,
     ):
         tf.Module.__init__(self, name=name)
@@ -212,6 +264,7 @@ class CategoricalVAE(VAE):
         self.hidden_units = units
         self.init_stddev = float(init_stddev)
         self.seed = int(seed)
+        self.beta = check_beta(beta)
         self.estimator = estimator
         self.initial_temperature = float(initial_temperature)
         self.final_temperature = float(final_temperature)
@@ -231,7 +284,7 @@ class CategoricalVAE(VAE):
             estimator=estimator, initial_temperature=self.initial_temperature,
             final_temperature=self.final_temperature, anneal_epochs=self.anneal_epochs,
             init_stddev=self.init_stddev, input_dim=self.input_dim, covariance=covariance,
-            seed=self.seed,
+            seed=self.seed, beta=self.beta,
         )
 
     @classmethod
@@ -286,24 +339,15 @@ class CategoricalVAE(VAE):
         return reconstruction - kl, reconstruction, kl
 
     def training_terms(self, x, n_samples: int = 1, seed=None, epoch=None):
-        """What ``training.fit`` ascends: the exact ELBO, or the relaxed objective.
+        """What ``training.fit`` ascends: ``(reconstruction - beta * kl, reconstruction, kl)``,
+        each ``[B]``, with the reconstruction term of the model's ``estimator``
+        (``estimator_terms``).
 
-        ``epoch`` (training progress in epochs) sets the relaxed estimator's
-        temperature; ``None`` means the start of training.
+        ``epoch`` (training progress in epochs) sets the temperature of the relaxed and
+        straight-through estimators; ``None`` means the start of training.
         """
-        if self.estimator == "exact":
-            return self.elbo_terms(x, n_samples, seed)
-        x = tf.convert_to_tensor(x, tf.float32)
-        params = self.encoder(x)
-        kl = dist.kl_divergence(self.posterior(params), self.prior())
         temperature = self.temperature(0.0 if epoch is None else epoch)
-        if seed is None:  # as TFP's samplers do without a seed: from the global generator
-            seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
-        else:
-            seed = stateless_seed(seed)
-        z = self.posterior.relaxed_sample(params, temperature, n_samples, seed)
-        reconstruction = tf.reduce_mean(self.generate(z).log_prob(x), axis=0)
-        return reconstruction - kl, reconstruction, kl
+        return estimator_terms(self, x, self.estimator, n_samples, seed, temperature)
 
     def exact_log_likelihood(self, x) -> tf.Tensor:
         """:math:`\\log p(x) = \\log \\sum_z p(x \\mid z) p(z)` of each image ``[B]`` (nats)."""
@@ -369,6 +413,175 @@ class CategoricalVAE(VAE):
             "init_stddev": self.init_stddev,
             "num_parameters": self.num_parameters,
         }
+
+
+# --------------------------------------------------------------------------- estimators
+def _check_estimator(model: CategoricalVAE, estimator: str, n_samples: int,
+                     baseline: str) -> None:
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    if estimator == "exact" and not model.enumerable:
+        raise ValueError(f"the exact estimator sums over all {model.num_classes}**"
+                         f"{model.num_variables} codes, more than {MAX_CODES}")
+    if baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
+            or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive integer, got {n_samples!r}")
+    if estimator == "reinforce" and baseline == "loo" and n_samples < 2:
+        raise ValueError("the reinforce estimator's leave-one-out baseline needs at least 2 "
+                         "samples of z per image: set n_samples >= 2 (or baseline='none')")
+
+
+def estimator_terms(model: CategoricalVAE, x, estimator: str, n_samples: int = 1, seed=None,
+                    temperature=None, baseline: str = "loo"):
+    r"""``(reconstruction - model.beta * kl, reconstruction, kl)`` of ``estimator``, each ``[B]``.
+
+    The KL is closed form. The reconstruction term of ``"exact"`` is the sum over all
+    codes (``n_samples``, ``seed`` unused); of ``"reinforce"`` and
+    ``"straight_through"`` the mean of :math:`\log p(x \mid z)` over ``n_samples``
+    one-hot samples of q (Gumbel-max), with the estimator's gradient; of
+    ``"relaxed"`` the same over relaxed samples. See the module's docstring.
+
+    Args:
+        model: a ``CategoricalVAE`` (its own ``estimator`` is not used).
+        x: images ``[B, D]``.
+        estimator: one of ``ESTIMATORS``.
+        n_samples: samples of z per image.
+        seed: an int or a stateless seed; ``None`` draws one from TF's global generator.
+        temperature: of ``"relaxed"`` and ``"straight_through"`` (default: the model's
+            ``initial_temperature``).
+        baseline: ``"reinforce"`` only: ``"loo"`` (leave-one-out, needs
+            ``n_samples >= 2``) or ``"none"``.
+    """
+    _check_estimator(model, estimator, n_samples, baseline)
+    x = tf.convert_to_tensor(x, tf.float32)
+    if estimator == "exact":
+        _, reconstruction, kl = model.elbo_terms(x)
+        return reconstruction - model.beta * kl, reconstruction, kl
+    params = model.encoder(x)
+    q = model.posterior(params)
+    kl = dist.kl_divergence(q, model.prior())
+    temperature = model.initial_temperature if temperature is None else temperature
+    if seed is None:  # as TFP's samplers do without a seed: from the global generator
+        seed = tf.random.uniform([2], maxval=2**31 - 1, dtype=tf.int32)
+    else:
+        seed = stateless_seed(seed)
+    if estimator == "relaxed":
+        z = model.posterior.relaxed_sample(params, temperature, n_samples, seed)
+        reconstruction = tf.reduce_mean(model.generate(z).log_prob(x), axis=0)
+        return reconstruction - model.beta * kl, reconstruction, kl
+    logits = model.posterior.logits(params)                                   # [B, M, K]
+    noise = dist.standard_gumbel(tf.concat([[n_samples], tf.shape(logits)], 0), seed)
+    perturbed = logits + noise                                                # [S, B, M, K]
+    hard = tf.one_hot(tf.argmax(perturbed, axis=-1), model.num_classes)       # Gumbel-max
+    if estimator == "straight_through":
+        soft = tf.nn.softmax(perturbed / temperature, axis=-1)
+        z = hard + soft - tf.stop_gradient(soft)      # value: hard; gradient: the relaxed one
+        reconstruction = tf.reduce_mean(model.generate(z).log_prob(x), axis=0)
+        return reconstruction - model.beta * kl, reconstruction, kl
+    # reinforce: f + stop_gradient(f - b) * (log q - stop_gradient(log q)) has the value f
+    # and the gradient  grad f + (f - b) grad log q
+    f = model.generate(hard).log_prob(x)                                      # [S, B]
+    log_q = q.log_prob(hard)                                                  # [S, B]
+    if baseline == "loo":
+        b = (tf.reduce_sum(f, axis=0, keepdims=True) - f) / (n_samples - 1)
+    else:
+        b = tf.zeros_like(f)
+    score = log_q - tf.stop_gradient(log_q)
+    reconstruction = tf.reduce_mean(f + tf.stop_gradient(f - b) * score, axis=0)
+    return reconstruction - model.beta * kl, reconstruction, kl
+
+
+def gradient_draws(model: CategoricalVAE, x, estimator: str, n_draws: int = 1000,
+                   variables=None, n_samples: int = 1, temperature=None,
+                   baseline: str = "loo", seed: int = 0) -> np.ndarray:
+    """``n_draws`` independent draws of an estimator's gradient: ``[n_draws, P]`` float64.
+
+    Each row is the gradient of the mean over ``x`` of ``estimator_terms``' objective
+    with respect to ``variables`` (default: ``model.trainable_variables``, which
+    ``tf.Module`` orders by attribute name: the decoder's, then the encoder's),
+    flattened and concatenated in their order; draw i uses the seed
+    ``stateless_seed(seed, i)``. The other arguments are ``estimator_terms``'.
+    """
+    variables = list(model.trainable_variables if variables is None else variables)
+    if not variables:
+        raise ValueError("no variables to differentiate with respect to")
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 1:
+        raise ValueError(f"n_draws must be a positive integer, got {n_draws!r}")
+    _check_estimator(model, estimator, n_samples, baseline)
+    x = tf.convert_to_tensor(x, tf.float32)
+
+    @tf.function
+    def one_draw(draw_seed):
+        with tf.GradientTape() as tape:
+            objective = estimator_terms(model, x, estimator, n_samples, draw_seed,
+                                        temperature, baseline)[0]
+            loss = tf.reduce_mean(objective)
+        grads = tape.gradient(loss, variables)
+        return tf.concat([tf.reshape(tf.zeros_like(v) if g is None else g, [-1])
+                          for g, v in zip(grads, variables, strict=True)], 0)
+
+    return np.stack([one_draw(stateless_seed(seed, i)).numpy() for i in range(n_draws)]
+                    ).astype(np.float64)
+
+
+def gradient_moments(model: CategoricalVAE, x, estimator: str, n_draws: int = 1000,
+                     **options) -> dict:
+    """The mean and variance of an estimator's gradient over ``n_draws`` draws.
+
+    Args:
+        model, x, estimator, n_draws: as ``gradient_draws``.
+        **options: ``gradient_draws``' ``variables``, ``n_samples``, ``temperature``,
+            ``baseline``, ``seed``.
+
+    Returns:
+        A dict: ``estimator``; ``n_draws``; per parameter (``[P]`` arrays, flattened as
+        ``gradient_draws``): ``mean``, ``variance`` (sample variance, ``ddof=1``) and
+        ``standard_error`` (of the mean, ``sqrt(variance / n_draws)``); as scalars,
+        ``mean_variance`` (over parameters) and ``total_variance`` (their sum).
+    """
+    if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
+        raise ValueError(f"a variance needs n_draws >= 2, got {n_draws!r}")
+    draws = gradient_draws(model, x, estimator, n_draws, **options)
+    variance = draws.var(axis=0, ddof=1)
+    return {"estimator": estimator, "n_draws": int(n_draws), "mean": draws.mean(axis=0),
+            "variance": variance, "standard_error": np.sqrt(variance / n_draws),
+            "mean_variance": float(variance.mean()), "total_variance": float(variance.sum())}
+
+
+def compare_estimators(model: CategoricalVAE, x, estimators=None, n_draws: int = 1000,
+                       **options) -> list[dict]:
+    """Several estimators' gradients side by side, each against the exact one.
+
+    Args:
+        model, x, n_draws, **options: as ``gradient_moments`` (the same ``options`` for
+            every estimator).
+        estimators: names of ``ESTIMATORS``, or ``(name, baseline)`` pairs for the
+            score function (default: exact, reinforce with and without the baseline,
+            straight-through, relaxed; the exact one needs an enumerable code).
+
+    Returns:
+        One dict per estimator: ``estimator``, ``baseline`` (``None`` but for
+        reinforce), ``mean_variance``, ``total_variance``, and ``bias_norm``, the
+        Euclidean distance of the mean gradient from the exact gradient (it includes
+        Monte Carlo error of about ``sqrt(total_variance / n_draws)``).
+    """
+    if estimators is None:
+        estimators = ["exact", ("reinforce", "loo"), ("reinforce", "none"),
+                      "straight_through", "relaxed"]
+    options.setdefault("n_samples", 2)
+    exact = gradient_draws(model, x, "exact", 1, **{k: v for k, v in options.items()
+                                                       if k != "baseline"})[0]
+    rows = []
+    for item in estimators:
+        name, baseline = (item, "loo") if isinstance(item, str) else item
+        moments = gradient_moments(model, x, name, n_draws, **{**options, "baseline": baseline})
+        rows.append({"estimator": name, "baseline": baseline if name == "reinforce" else None,
+                     "mean_variance": moments["mean_variance"],
+                     "total_variance": moments["total_variance"],
+                     "bias_norm": float(np.linalg.norm(moments["mean"] - exact))})
+    return rows
 
 
 # --------------------------------------------------------------------------- pictures

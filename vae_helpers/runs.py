@@ -17,6 +17,13 @@ A run directory holds
 
 Stages hand results to each other through this directory only.
 
+Several seeds. ``train_seeds(folder, seeds, **settings)`` trains one configuration
+once per seed, each into ``folder/seed-<seed>`` (resumable, and read back rather than
+trained again once complete, as ``train_run(..., resume=True)``);
+``summarise_seeds`` gives each numeric metric's mean, sample standard deviation,
+standard error of the mean (sd/√n) and n over the seeds, and ``format_mean_se``
+writes one as "mean ± SE (n seeds)".
+
 Faults. A run holds the directory's lock (``outdirs.run_lock``) from start to end,
 so a second run into the same directory is refused at once and touches nothing.
 Every file is written whole or not at all, and a checkpoint becomes the latest
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import platform
 import sys
 import time
@@ -340,3 +348,79 @@ def load_run(run_dir) -> dict:
     return {"config": maybe("config.json", io.read_json),
             "history": maybe("history.csv", io.read_csv),
             "metrics": maybe("metrics.json", io.read_json)}
+
+
+# ---------------------------------------------------------------------- several seeds
+def seed_dir(folder, seed: int) -> Path:
+    """The run directory of ``seed`` in a ``train_seeds`` folder: ``folder/seed-<seed>``."""
+    return Path(folder) / f"seed-{int(seed)}"
+
+
+def train_seeds(folder, seeds, **options) -> dict[int, dict]:
+    """Train one configuration once per seed, each into its own run directory.
+
+    Every seed's run is ``train_run(seed_dir(folder, seed), seed=seed, resume=True,
+    **options)``: a run that is complete is read back, not trained again; one that
+    was interrupted continues from its last checkpoint.
+
+    Args:
+        folder: the folder that holds the runs (``seed-0``, ``seed-1``, ...).
+        seeds: distinct non-negative integers.
+        **options: ``train_run``'s keywords (training settings, model arguments,
+            ``n_train``, ``iwae_k``, ...), the same for every seed; not ``seed``,
+            ``settings``, ``resume`` or ``force``.
+
+    Returns:
+        ``{seed: metrics}`` in the order of ``seeds`` (``summarise_seeds`` reads it).
+    """
+    seeds = list(seeds)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0
+                        for s in seeds):
+        raise ValueError(f"seeds must be a non-empty list of non-negative integers, "
+                         f"got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds!r}")
+    refused = sorted({"seed", "settings", "resume", "force", "out"} & set(options))
+    if refused:
+        raise TypeError(f"train_seeds sets {', '.join(refused)} itself for each seed; "
+                        "give the seeds as its second argument and the settings as keywords")
+    return {int(s): train_run(seed_dir(folder, s), seed=int(s), resume=True, **options)
+            for s in seeds}
+
+
+def summarise_seeds(results) -> dict[str, dict]:
+    """Each numeric metric's mean, sample standard deviation, standard error and n.
+
+    Args:
+        results: ``{seed: metrics}`` as ``train_seeds`` returns, or a list of metrics.
+
+    Returns:
+        ``{metric: {"mean", "sd", "se", "n"}}`` for every metric that is a finite number
+        (not a bool) in at least one run, over the runs where it is; ``sd`` is the
+        sample standard deviation (n - 1 in the denominator) and ``se = sd / sqrt(n)``,
+        both ``None`` when n is 1.
+    """
+    runs = list(results.values()) if isinstance(results, dict) else list(results)
+    values: dict[str, list[float]] = {}
+    for metrics in runs:
+        for name, value in metrics.items():
+            if (isinstance(value, (int, float, np.integer, np.floating))
+                    and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)):
+                values.setdefault(name, []).append(float(value))
+    summary = {}
+    for name, xs in values.items():
+        n = len(xs)
+        mean = math.fsum(xs) / n
+        sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+        summary[name] = {"mean": mean, "sd": sd, "se": None if sd is None else sd / math.sqrt(n),
+                         "n": n}
+    return summary
+
+
+def format_mean_se(entry: dict, digits: int = 2) -> str:
+    """One entry of ``summarise_seeds`` as ``"mean ± SE (n seeds)"``, e.g.
+    ``"-97.41 ± 0.52 (3 seeds)"`` (``"-97.41 (1 seed)"`` for one)."""
+    n = entry["n"]
+    if entry.get("se") is None:
+        return f"{entry['mean']:.{digits}f} ({n} seed{'' if n == 1 else 's'})"
+    return f"{entry['mean']:.{digits}f} ± {entry['se']:.{digits}f} ({n} seeds)"

@@ -159,6 +159,8 @@ class Checkpoints:
         if path.exists():
             # a fit.json written before the schedule settings existed: trained without them
             saved = {**SCHEDULE_DEFAULTS, **io.read_json(path)}
+            if isinstance(saved.get("model"), dict):  # written before models had a beta
+                saved["model"] = {"beta": 1.0, **saved["model"]}
             changed = sorted(k for k in self.identity if saved.get(k) != self.identity[k])
             if changed:
                 hint = ""

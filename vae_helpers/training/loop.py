@@ -14,11 +14,18 @@ per-image ELBO): the constant factor changes nothing about where the optimum is,
 and Adam's steps do not depend on it.
 
 The per-image terms come from ``model.training_terms`` (given the training
-progress in epochs): for ``model.VAE`` they are ``elbo_terms``, the ELBO above; a
-model whose objective differs from its ELBO, such as the Gumbel-softmax relaxation
-of ``discrete.CategoricalVAE``, returns its objective there, and the history's
-training columns then hold that objective. The test columns are always the
-model's ``elbo_terms``.
+progress in epochs) as ``(objective, reconstruction, kl)``: for ``model.VAE`` with
+the default β = 1 the objective is ``elbo_terms``'s ELBO above; a model with a KL
+weight β ascends ``reconstruction - β * kl`` instead, and a model whose estimator
+differs from its ELBO, such as the Gumbel-softmax relaxation of
+``discrete.CategoricalVAE``, returns the terms of that estimator. With a KL warm-up
+the loss is ``-(reconstruction - w * β * kl)``, w the warm-up's weight at the step.
+
+What the history records: its training columns are the means over the epoch's steps
+of ``reconstruction``, ``kl`` and ``reconstruction - kl`` of ``training_terms``,
+never weighted by β or the warm-up (for a relaxed model they are the relaxed terms,
+which do not bound :math:`\log p(x)`); its test columns are always the model's
+``elbo_terms``, the true ELBO.
 
 How the loop is made fast on a small CPU
 ----------------------------------------
@@ -113,6 +120,7 @@ class _Trainer:
         self.scheduled_lr = (schedule["lr_schedule"] != "constant"
                              or schedule["lr_warmup_epochs"] > 0)
         self.kl_warmup = schedule["kl_warmup_epochs"] > 0
+        self.beta = float(getattr(model, "beta", 1.0))
         optimizer.build(model.trainable_variables)
         self.permutation = tf.function(self._permutation, jit_compile=jit)
         self.run_steps = tf.function(self._run_steps, jit_compile=jit)
@@ -140,14 +148,15 @@ class _Trainer:
             xb = _transform(tf.gather(self.x, tf.gather(perm, step)), self.variant,
                             stateless_seed(self.seed, SALT_DATA, epoch, step))
             with tf.GradientTape() as tape:
-                elbo, rec, kl = model.training_terms(
+                objective, rec, kl = model.training_terms(
                     xb, self.n_samples, seed=stateless_seed(self.seed, SALT_LATENT, epoch, step),
                     epoch=tf.cast(global_step, tf.float32) / self.steps_per_epoch)
-                if self.kl_warmup:  # the objective weighs the KL by beta; elbo stays the ELBO
-                    beta = kl_weight_at(global_step, self.steps_per_epoch, self.schedule)
-                    loss = -tf.reduce_mean(rec - beta * kl)
+                if self.kl_warmup:  # the warm-up's weight times the model's beta
+                    weight = kl_weight_at(global_step, self.steps_per_epoch, self.schedule)
+                    loss = -tf.reduce_mean(rec - weight * self.beta * kl)
                 else:
-                    loss = -tf.reduce_mean(elbo)
+                    loss = -tf.reduce_mean(objective)
+            elbo = rec - kl  # what the history records: the terms unweighted
             grads = tape.gradient(loss, variables)
             finite = tf.math.is_finite(loss)
             for g in grads:

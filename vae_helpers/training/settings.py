@@ -14,7 +14,9 @@ resolves their defaults: a decaying schedule (``cosine``, ``exponential``) ends 
 ``lr_decay_epochs`` (default: the run's ``epochs``, so resuming it to more epochs
 changes it and is refused, unless ``lr_decay_epochs`` is given explicitly); a warm-up of
 ``lr_warmup_epochs`` precedes it; the KL weight rises from ``kl_warmup_start`` to 1 over
-``kl_warmup_epochs``. ``training.schedule`` evaluates them at every step.
+``kl_warmup_epochs``. ``training.schedule`` evaluates them at every step. The warm-up's
+weight multiplies the model's own fixed KL weight ``beta`` (a model argument, default 1,
+see ``model.VAE``): the KL term of the loss is weighted by ``w * beta``.
 
 What a run is (``IDENTITY``)
 ----------------------------
