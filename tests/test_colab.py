@@ -99,9 +99,12 @@ def test_a_second_run_changes_nothing(tmp_path, capsys):
 def test_the_handouts_point_at_their_own_folder(tmp_path, capsys):
     out = tmp_path / "handouts"
     assert main(["student", "--out", str(out)]) == 0
+    assert f"--notebooks {out} --path PATH_IN_REPO" in capsys.readouterr().out
+    assert main(["colab", "--repo", "me/course", "--ref", "v0", "--notebooks", str(out)]) == 0
+    assert "without --path their badges open notebooks/" in capsys.readouterr().err
     assert main(["colab", "--repo", "me/course", "--ref", "v1", "--notebooks", str(out),
                  "--path", "handouts"]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().err == ""
     for name in student.HANDOUTS:
         nb = nbformat.read(out / f"{name}.ipynb", as_version=4)
         assert (f"(https://colab.research.google.com/github/me/course/blob/v1/handouts/"

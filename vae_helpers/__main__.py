@@ -389,8 +389,13 @@ def _student(args) -> int:
 
     notebooks = args.notebooks or [*(notebook_dir() / f"{name}.ipynb" for name in HANDOUTS),
                                    notebook_dir() / STUDENT_MODULE]
-    for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
+    written = write_student_versions(notebooks, args.out, force=args.force)
+    for path, stubs in written:
         print(f"wrote {display_path(path)} ({stubs} stub{'s' * (stubs != 1)})")
+    if any(path.suffix == ".ipynb" for path, _ in written):
+        print(f"their Colab badges and install cells still point at the answer key: "
+              f"python -m vae_helpers colab --repo OWNER/NAME --ref TAG --notebooks "
+              f"{args.out} --path PATH_IN_REPO points them at the published handouts")
     return 0
 
 
@@ -402,6 +407,10 @@ def _colab(args) -> int:
     folder = args.notebooks or notebook_dir()
     path = args.path or notebook.NOTEBOOK_PATH
     changes = rewrite_folder(folder, args.repo, args.ref, path)
+    if args.path is None and any(change.handout for change in changes):
+        print(f"warning: {folder} holds handouts, and without --path their badges open "
+              f"{path}/, the answer key's folder: give --path the handouts' folder in "
+              f"{args.repo}", file=sys.stderr)
     for change in changes:
         what = [f"{n} {kind}{'s' * (n != 1)}" for n, kind in
                 ((change.badges, "badge"), (change.installs, "install cell")) if n]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vae_helpers.course import notebook
+from vae_helpers.course.student import DRIVE_TAG
 
 # the badge as markdown writes it; the address is whatever it points at now
 BADGE = re.compile(r"\[!\[Open In Colab\]\(" + re.escape(notebook.COLAB_BADGE_IMAGE)
@@ -87,6 +88,7 @@ class Change:
     installs: int  # install cells pointed elsewhere
     found_badges: int
     found_installs: int
+    handout: bool = False  # a student version (it has the Drive cell of the handouts)
 
     @property
     def changed(self) -> bool:
@@ -148,7 +150,8 @@ def rewrite_folder(folder, repository: str, ref: str, path: str = notebook.NOTEB
         except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError) as err:
             raise ColabError(f"{source} is not a readable notebook ({err})") from None
         counts = rewrite_notebook(nb, source.name, repository, ref, path)
-        change = Change(source, *counts)
+        change = Change(source, *counts, handout=any(
+            DRIVE_TAG in cell.metadata.get("tags", []) for cell in nb.cells))
         pending.append((change, nbformat.writes(nb) + "\n" if change.changed else None))
     for change, text in pending:
         if text is not None:
