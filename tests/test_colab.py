@@ -223,3 +223,21 @@ def test_on_colab_the_run_directory_and_the_module_live_on_drive(fake_colab, tmp
         assert vae_homework.WHERE == "drive"
     finally:
         sys.modules.pop("vae_homework", None)
+
+
+@pytest.mark.parametrize("on_colab", [False, True])
+def test_the_answer_keys_stand_in_says_it_is_not_the_homeworks_model(on_colab, request,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+    from vae_helpers import runs
+
+    if on_colab:
+        request.getfixturevalue("fake_colab")
+    trained = []
+    monkeypatch.setattr(runs, "train_run", lambda folder, **kw: trained.append((folder, kw)))
+    folder, source = notebook.homework_run(tmp_path / "run", 5)
+    line = capsys.readouterr().out
+    assert folder == tmp_path / "run" / "homework_stand_in" and source == "a 5-epoch stand-in"
+    assert trained[0][1]["epochs"] == 5
+    assert "training a 5-epoch stand-in, NOT the homework's model" in line
+    assert ("this Colab runtime did not run it" in line) == on_colab
