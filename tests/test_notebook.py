@@ -19,6 +19,16 @@ def test_colab_url_points_at_the_notebook_in_the_repository():
     assert notebook.colab_url("01_math.ipynb") == (
         "https://colab.research.google.com/github/vae-helpers/vae-course/blob/main/"
         "notebooks/01_math.ipynb")
+    assert notebook.colab_url("03_train.ipynb", ref="v2.0", repository="me/course",
+                              path="handouts/") == (
+        "https://colab.research.google.com/github/me/course/blob/v2.0/handouts/03_train.ipynb")
+
+
+def test_the_install_spec_pins_the_repository_at_the_ref():
+    assert notebook.install_spec() == "vae_helpers @ git+https://github.com/vae-helpers/" \
+        "vae-course@main"
+    assert notebook.install_spec("v2.0", "me/course") == \
+        "vae_helpers @ git+https://github.com/me/course@v2.0"
 
 
 def test_repository_is_the_one_pyproject_names():

@@ -56,8 +56,7 @@ def test_opens_with_title_paragraph_and_a_badge_for_its_own_path(name):
 def test_install_setup_and_parameters_cells_come_first(name):
     install, setup, params, derived = code_cells(load(name))[:4]
     assert 'if "google.colab" in sys.modules:' in install.source
-    assert "pip" in install.source and "vae_helpers @ git+https://github.com/" \
-        f"{notebook.REPOSITORY}" in install.source
+    assert "pip" in install.source and f'"{notebook.install_spec()}"' in install.source
     assert re.search(r"^from vae_helpers import .*\bset_seed\b", setup.source, re.M)
     assert re.search(r"^set_seed\(\d+\)$", setup.source, re.M)
     assert "notebook.check_versions()" in setup.source

@@ -53,7 +53,7 @@ def test_every_grading_option_is_documented_and_every_flag_named_is_used():
     section = README[README.index("## Grading and comparing"):
                      README.index("## Tests and benchmarks")]
     commands = build_parser()._subparsers._group_actions[0].choices
-    options = {s for name in ("compare", "grade", "gradescope", "student")
+    options = {s for name in ("compare", "grade", "gradescope", "student", "colab")
                for a in commands[name]._actions
                for s in a.option_strings if s.startswith("--")} - {"--help"}
     mentioned = set(re.findall(r"(--[a-z][a-z-]+)", section))

@@ -74,6 +74,15 @@ def answer_key(nb) -> list:
     return [c for c in nb.cells if student.KEY_TAG in c.metadata.get("tags", [])]
 
 
+def without_drive_cell(version):
+    """The handout's cells without the Drive cell, which must follow the install cell."""
+    drive = [i for i, c in enumerate(version.cells)
+             if student.DRIVE_TAG in c.metadata.get("tags", [])]
+    assert len(drive) == 1, "a handout has one Drive cell"
+    assert "google.colab" in version.cells[drive[0] - 1].source  # right after the install
+    return [c for i, c in enumerate(version.cells) if i != drive[0]]
+
+
 @pytest.mark.parametrize("name", student.HANDOUTS)
 def test_the_handouts_keep_no_line_of_a_solution_and_everything_else(name):
     reference = nbformat.read(FOLDER / f"{name}.ipynb", as_version=4)
@@ -94,9 +103,10 @@ def test_the_handouts_keep_no_line_of_a_solution_and_everything_else(name):
             assert line.strip() not in kept, line  # no line of a solution is left
     for cell in answer_key(reference):  # nor of the answer key's own cells
         assert cell.source not in text
-    # everything else is kept: same cells, same tags, same parameters cell
-    assert [c.cell_type for c in version.cells] == [c.cell_type for c in kept_cells]
-    assert [c.metadata.get("tags") for c in version.cells] == \
+    # everything else is kept: same cells, same tags, same parameters cell (and the Drive cell)
+    cells = without_drive_cell(version)
+    assert [c.cell_type for c in cells] == [c.cell_type for c in kept_cells]
+    assert [c.metadata.get("tags") for c in cells] == \
         [c.metadata.get("tags") for c in kept_cells]
 
 
@@ -109,7 +119,7 @@ def test_filling_a_handouts_stubs_with_the_solutions_gives_back_the_solution(nam
     solutions = [r for c in kept_cells if c.cell_type == "code"
                  for r in student.solution_regions(c.source)]
     used = 0
-    for mine, theirs in zip(version.cells, kept_cells, strict=True):
+    for mine, theirs in zip(without_drive_cell(version), kept_cells, strict=True):
         if mine.cell_type != "code":
             continue
         filled, n = student.fill_stubs(mine.source, solutions[used:])
@@ -272,3 +282,18 @@ def test_a_marked_region_in_a_markdown_cell_becomes_an_answer_prompt():
 def test_bad_markers_in_a_markdown_cell_stop_the_student_version(source, message):
     with pytest.raises(student.StudentError, match=message):
         student.student_notebook(new_notebook(cells=[new_markdown_cell(source)]))
+
+
+def test_the_drive_cell_follows_the_colab_install_once_and_uses_only_the_kit():
+    install = new_code_cell('import sys\nif "google.colab" in sys.modules:\n    pass')
+    nb = new_notebook(cells=[new_markdown_cell("# Title"), install, new_code_cell("x = 1")])
+    version, _ = student.student_notebook(nb)
+    assert [c.source for c in version.cells] == ["# Title", install.source,
+                                                 student.DRIVE_CELL, "x = 1"]
+    assert version.cells[2].metadata["tags"] == [student.DRIVE_TAG]
+    assert checks.kit_violations(student.DRIVE_CELL) == []
+    nbformat.validate(version)
+    again, _ = student.student_notebook(version)  # a handout made a handout again
+    assert [c.source for c in again.cells] == [c.source for c in version.cells]
+    plain = new_notebook(cells=[new_code_cell("x = 1")])  # no install cell: nothing to add
+    assert [c.source for c in student.student_notebook(plain)[0].cells] == ["x = 1"]

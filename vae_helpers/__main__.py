@@ -38,6 +38,36 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _repository(text: str) -> str:
+    """A GitHub repository as owner/name (``colab --repo``)."""
+    from vae_helpers.course.colab import check_repository
+
+    try:
+        return check_repository(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _git_ref(text: str) -> str:
+    """A git tag or branch name (``colab --ref``)."""
+    from vae_helpers.course.colab import check_ref
+
+    try:
+        return check_ref(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _repo_path(text: str) -> str:
+    """A folder of a repository (``colab --path``)."""
+    from vae_helpers.course.colab import check_path
+
+    try:
+        return check_path(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors that point at ``--help``."""
 
@@ -216,6 +246,24 @@ def _grading_commands(sub) -> None:
     s.add_argument("--out", required=True, metavar="DIR", help="folder for the student versions")
     s.add_argument("--force", action="store_true", help="replace notebooks already in --out")
 
+    co = sub.add_parser("colab", help="point the notebooks' Colab badges and installs at a tag",
+                        description="Rewrite the Colab badge and the Colab install cell of "
+                                    "every notebook in --notebooks: the badge opens "
+                                    "PATH/NOTEBOOK.ipynb of --repo at --ref, the install "
+                                    "cell installs vae_helpers from --repo at --ref. Nothing "
+                                    "else changes; a notebook already pointing there is "
+                                    "left as it is.")
+    co.add_argument("--repo", required=True, type=_repository, metavar="OWNER/NAME",
+                    help="the GitHub repository the course is published in")
+    co.add_argument("--ref", required=True, type=_git_ref, metavar="TAG",
+                    help="the tag (or branch) the notebooks and the package are taken from")
+    co.add_argument("--notebooks", default=None, metavar="DIR",
+                    help="the folder of the notebooks to rewrite (default: notebooks/, the "
+                         "answer key; for the handouts, the --out of the student command)")
+    co.add_argument("--path", default=None, type=_repo_path, metavar="PATH_IN_REPO",
+                    help="where those notebooks are in the repository, the badges' folder "
+                         "('.' for its top folder; default notebooks)")
+
 
 def _train(args) -> int:
     from vae_helpers.runs import train_run
@@ -341,8 +389,38 @@ def _student(args) -> int:
 
     notebooks = args.notebooks or [*(notebook_dir() / f"{name}.ipynb" for name in HANDOUTS),
                                    notebook_dir() / STUDENT_MODULE]
-    for path, stubs in write_student_versions(notebooks, args.out, force=args.force):
+    written = write_student_versions(notebooks, args.out, force=args.force)
+    for path, stubs in written:
         print(f"wrote {display_path(path)} ({stubs} stub{'s' * (stubs != 1)})")
+    if any(path.suffix == ".ipynb" for path, _ in written):
+        print(f"their Colab badges and install cells still point at the answer key: "
+              f"python -m vae_helpers colab --repo OWNER/NAME --ref TAG --notebooks "
+              f"{args.out} --path PATH_IN_REPO points them at the published handouts")
+    return 0
+
+
+def _colab(args) -> int:
+    from vae_helpers.course import notebook
+    from vae_helpers.course.colab import rewrite_folder
+    from vae_helpers.course.pipeline import notebook_dir
+
+    folder = args.notebooks or notebook_dir()
+    path = args.path or notebook.NOTEBOOK_PATH
+    changes = rewrite_folder(folder, args.repo, args.ref, path)
+    if args.path is None and any(change.handout for change in changes):
+        print(f"warning: {folder} holds handouts, and without --path their badges open "
+              f"{path}/, the answer key's folder: give --path the handouts' folder in "
+              f"{args.repo}", file=sys.stderr)
+    for change in changes:
+        what = [f"{n} {kind}{'s' * (n != 1)}" for n, kind in
+                ((change.badges, "badge"), (change.installs, "install cell")) if n]
+        found = change.found_badges + change.found_installs
+        print(f"{notebook.display_path(change.path)}: "
+              + (f"pointed {' and '.join(what)} at {args.repo}@{args.ref}" if what
+                 else "already up to date" if found else "no Colab badge or install cell"))
+    changed = sum(change.changed for change in changes)
+    print(f"{changed} of {len(changes)} notebooks changed; the badges open "
+          f"{notebook.colab_url('NOTEBOOK.ipynb', args.ref, args.repo, path)}")
     return 0
 
 
@@ -352,7 +430,7 @@ def _usage_error(command: str, message: str):
 
 
 def _resume_hint(args) -> str:
-    if args.command in ("grade", "compare", "student", "gradescope"):
+    if args.command in ("grade", "compare", "student", "gradescope", "colab"):
         return ("what was complete is kept" + (": run the same command again to grade the "
                                                "rest" if getattr(args, "batch", None) else ""))
     out = getattr(args, "out", None)
@@ -371,8 +449,8 @@ def main(argv=None) -> int:
     args.command_line = " ".join(["python -m vae_helpers", *argv])
     commands = {"train": _train, "pipeline": _pipeline, "publish": _publish,
                 "compare": _compare, "grade": _grade, "student": _student,
-                "gradescope": _gradescope}
-    if args.command in ("compare", "grade", "student", "gradescope"):  # no TensorFlow for these
+                "gradescope": _gradescope, "colab": _colab}
+    if args.command in ("compare", "grade", "student", "gradescope", "colab"):  # no TensorFlow
         return _run_light(commands[args.command], args)
     from vae_helpers.course.pipeline import PipelineError
     from vae_helpers.data import DataError
@@ -403,7 +481,7 @@ def _run_light(command, args) -> int:
 
     try:
         return command(args)
-    # ValueError includes RubricError and StudentError
+    # ValueError includes RubricError, StudentError and ColabError
     except (AutograderError, BatchError, CompareError, GradingError, RunLocked, PipelineError,
             SandboxError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,6 +6,14 @@ absolute path the same way in Jupyter, under papermill and on Colab;
 ``check_close`` prints one stable ``PASS`` / ``FAIL`` line per comparison, the
 kind of output nbval compares; ``check_rejects`` shows that such a check can fail,
 and ``mean_and_se`` gives a Monte Carlo estimate with its standard error.
+
+On Colab: a notebook's first code cell installs the package from a GitHub
+repository at a tag (``install_spec``), its badge opens it there (``colab_url``,
+``colab_badge``); ``python -m vae_helpers colab`` writes both
+(``vae_helpers.course.colab``). Colab gives every notebook a fresh runtime, so the
+handouts call ``use_drive`` first: it keeps the student module and the run
+directory in ``DRIVE_FOLDER`` on the student's Google Drive, where ``03_train``'s
+weights reach ``04_analysis`` and ``05_discussion``.
 """
 
 from __future__ import annotations
@@ -14,7 +22,24 @@ import os
 from pathlib import Path
 
 REPOSITORY = "vae-helpers/vae-course"
-"""The GitHub repository (owner/name) the notebooks' Colab badges point to."""
+"""The GitHub repository (owner/name) the committed notebooks' Colab badges and install
+cells point to (``python -m vae_helpers colab --repo`` sets another)."""
+
+DEFAULT_REF = "main"
+"""The git ref (branch or tag) the committed notebooks point to; a course publishes a tag
+with ``python -m vae_helpers colab --ref TAG``."""
+
+NOTEBOOK_PATH = "notebooks"
+"""The folder of the committed notebooks in the repository."""
+
+DRIVE_FOLDER = "MyDrive/vae-course"
+"""The folder of the student's Google Drive, under the mount point, that holds
+``vae_homework.py`` and the run directories on Colab (``use_drive``)."""
+
+DRIVE_MOUNT = "/content/drive"
+"""Where Colab mounts Google Drive."""
+
+COLAB_BADGE_IMAGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 TESTED_VERSIONS = {"tensorflow": "2.21", "tensorflow_probability": "0.25"}
 """The TensorFlow / TFP release pair the notebooks are tested with (requirements.txt)."""
@@ -22,10 +47,73 @@ TESTED_VERSIONS = {"tensorflow": "2.21", "tensorflow_probability": "0.25"}
 RUNS_ROOT_ENV = "VAE_RUNS_ROOT"
 
 
-def colab_url(notebook: str, branch: str = "main") -> str:
-    """The "Open in Colab" address of ``notebooks/<notebook>`` in the repository."""
-    return (f"https://colab.research.google.com/github/{REPOSITORY}/blob/{branch}/"
-            f"notebooks/{notebook}")
+def colab_url(notebook: str, ref: str = DEFAULT_REF, repository: str = REPOSITORY,
+              path: str = NOTEBOOK_PATH) -> str:
+    """The "Open in Colab" address of ``path/notebook`` in ``repository`` (owner/name) at
+    ``ref`` (a branch or a tag); ``path`` ``""`` or ``"."`` is the repository's top
+    folder."""
+    folder = path.strip("/")
+    where = f"{folder}/{notebook}" if folder not in ("", ".") else notebook
+    return f"https://colab.research.google.com/github/{repository}/blob/{ref}/{where}"
+
+
+def colab_badge(url: str) -> str:
+    """The markdown of an "Open in Colab" badge that opens ``url``."""
+    return f"[![Open In Colab]({COLAB_BADGE_IMAGE})]({url})"
+
+
+def install_spec(ref: str = DEFAULT_REF, repository: str = REPOSITORY) -> str:
+    """What a notebook's Colab install cell hands to pip: the package from ``repository``
+    at ``ref``."""
+    return f"vae_helpers @ git+https://github.com/{repository}@{ref}"
+
+
+def on_colab() -> bool:
+    """Whether this runs on Colab (its ``google.colab`` module is loaded)."""
+    import sys
+
+    return "google.colab" in sys.modules
+
+
+def use_drive(folder: str = DRIVE_FOLDER, mount_point: str = DRIVE_MOUNT) -> Path | None:
+    """On Colab: mount Google Drive and work in its course folder; elsewhere, nothing.
+
+    Colab runs every notebook on a fresh runtime, whose disk is gone when it ends. So
+    that ``03_train``'s weights reach ``04_analysis`` and ``05_discussion``, the
+    handouts call this first: Drive is mounted at ``mount_point``, the course folder
+    ``mount_point/folder`` (``MyDrive/vae-course``) is created if needed and becomes
+    the working directory, the folder ``import vae_homework`` searches first and the
+    base of relative run directories (``$VAE_RUNS_ROOT``), so ``runs/homework`` is
+    ``MyDrive/vae-course/runs/homework``.
+
+    Returns:
+        The course folder on Colab, ``None`` elsewhere.
+
+    Raises:
+        FileNotFoundError: the course folder holds no ``vae_homework.py`` (the student
+            uploads the handouts' copy there once; every notebook then edits and
+            imports that one).
+    """
+    import sys
+
+    if not on_colab():
+        return None
+    from google.colab import drive  # only on Colab
+
+    drive.mount(mount_point)
+    course = Path(mount_point) / folder
+    course.mkdir(parents=True, exist_ok=True)
+    os.environ[RUNS_ROOT_ENV] = str(course)
+    os.chdir(course)
+    if str(course) not in sys.path:
+        sys.path.insert(0, str(course))
+    if not (course / "vae_homework.py").is_file():
+        raise FileNotFoundError(
+            f"{course} has no vae_homework.py: upload the handouts' vae_homework.py to "
+            f"{folder} on your Google Drive, then run this cell again")
+    print(f"working in {course} on Google Drive: vae_homework.py and the run directories "
+          "are kept there")
+    return course
 
 
 def project_root(start=None) -> Path | None:
@@ -76,7 +164,9 @@ def homework_run(run_dir, fallback_epochs: int, seed: int = 0,
     If ``run_dir/homework`` holds no finished run (``03_train`` was not run into this
     run directory), a stand-in of the same model is trained for ``fallback_epochs``
     epochs into ``run_dir/homework_stand_in`` (or read from there if it is complete),
-    and a line says so: figures made from it are not the homework's results.
+    and a line says so: figures made from it are not the homework's results. (On Colab,
+    where every notebook has a fresh runtime, the answer key always takes this path; the
+    handouts keep the run directory on Google Drive, ``use_drive``.)
 
     Returns:
         ``(folder, source)``, the run's folder and a few words on where it came from.
@@ -87,8 +177,10 @@ def homework_run(run_dir, fallback_epochs: int, seed: int = 0,
     if (folder / "metrics.json").exists():
         return folder, "03_train"
     folder = Path(run_dir) / "homework_stand_in"
-    print(f"03_train's run is missing from {display_path(run_dir)}: training a "
-          f"{fallback_epochs}-epoch stand-in; run 03_train for the homework's results")
+    print(f"03_train's run is missing from {display_path(run_dir)}"
+          + (" (this Colab runtime did not run it)" if on_colab() else "")
+          + f": training a {fallback_epochs}-epoch stand-in, NOT the homework's model; run "
+          "03_train into this run directory for the homework's results")
     runs.train_run(folder, epochs=fallback_epochs, seed=seed, iwae_k=100, resume=True,
                    command=command)
     return folder, f"a {fallback_epochs}-epoch stand-in"

@@ -27,10 +27,17 @@ becomes, at the same indentation::
     raise NotImplementedError("draw 100 images from the model (VAE.sample)")
 
 Everything else is kept, except the outputs, which are cleared (they would show
-the answers). A Python file (the student module, ``STUDENT_MODULE``) is stubbed
-the same way, region by region, and written beside the notebooks. A student
-version completed by the student records the same names as the reference, so the
-grader accepts it.
+the answers). After its Colab install cell, a handout gets one more cell
+(tagged ``DRIVE_TAG``, ``DRIVE_CELL``): on Colab only, it mounts the student's Google
+Drive and works in its course folder ``MyDrive/vae-course``
+(``vae_helpers.course.notebook.use_drive``), which holds ``vae_homework.py`` and the
+run directory, since Colab runs each notebook on a fresh runtime; elsewhere it does
+nothing. The handouts' badges and install cells still point at the answer key's
+folder: ``python -m vae_helpers colab --notebooks DIR --path PATH_IN_REPO`` points
+them at the handouts where they are published. A Python file (the student module,
+``STUDENT_MODULE``) is stubbed the same way, region by region, and written beside the
+notebooks. A student version completed by the student records the same names as the
+reference, so the grader accepts it.
 """
 
 from __future__ import annotations
@@ -63,6 +70,16 @@ HANDOUTS = ("01_math", "02_build", "03_train", "04_analysis", "05_discussion")
 #: the module the student edits, beside the notebooks (its solution is the answer key)
 STUDENT_MODULE = "vae_homework.py"
 DEFAULT_HINT = "complete this part"
+#: the handouts' Google Drive cell, inserted after the Colab install cell
+DRIVE_TAG = "colab-drive"
+DRIVE_CELL = (
+    "# On Colab only: each notebook gets a fresh runtime, so your vae_homework.py and the run\n"
+    "# directory live on your Google Drive, in MyDrive/vae-course (upload the handouts'\n"
+    "# vae_homework.py there once). Elsewhere this does nothing.\n"
+    "from vae_helpers.course import notebook\n"
+    "\n"
+    "notebook.use_drive()"
+)
 ANSWER_PROMPT = ("*Your answer:* what do the results above show, and why? Cite the figures "
                  "and the numbers.")
 
@@ -229,7 +246,29 @@ def student_notebook(nb, name: str = "notebook") -> tuple:
             count += found
         cell.outputs = []
         cell.execution_count = None
+    _add_drive_cell(nb)
     return clean_notebook(nb), count
+
+
+def _add_drive_cell(nb) -> None:
+    """Insert ``DRIVE_CELL`` after the Colab install cell (the first code cell that tests
+    for ``google.colab``), unless the notebook has it already or has no such cell (it
+    does not install the package on Colab)."""
+    import nbformat
+
+    if any(DRIVE_TAG in cell.metadata.get("tags", []) for cell in nb.cells):
+        return
+    install = [i for i, cell in enumerate(nb.cells)
+               if cell.cell_type == "code" and "google.colab" in cell.source]
+    if not install:
+        return
+    at = install[0] + 1
+    cell = nbformat.v4.new_code_cell(DRIVE_CELL, metadata={"tags": [DRIVE_TAG]})
+    if (nb.nbformat, nb.nbformat_minor) >= (4, 5):
+        cell.id = DRIVE_TAG
+    else:
+        cell.pop("id", None)
+    nb.cells.insert(at, cell)
 
 
 def write_student_versions(notebooks, out, force: bool = False) -> list[tuple[Path, int]]:
