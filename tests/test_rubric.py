@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,18 @@ def test_the_shipped_rubric_asks_for_the_homework():
                            "manifold_20x20": 20}
     assert found.spec["latent_dim"] == 2 and found.spec["hidden_units"] == [512]
     assert found.spec["nonnegative_variances"] is True
-    # three standard deviations over three seeds (benchmarks/seed_spread.py)
-    spread = json.loads((ROOT / "benchmarks" / "results" / "seed_spread.json").read_text())
-    for name, rule in found.metrics.items():
-        assert len(spread["runs"]) >= 3 and rule["tolerance_source"]
-        assert rule["tolerance"] == pytest.approx(3 * spread["spread"][name]["sd"], abs=0.05)
+    # three standard deviations over the seeds of benchmarks/seed_spread.py, as its
+    # measured results (benchmarks/README.md) record them
+    measured = (ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8")
+    section = measured.split("## `seed_spread.py`", 1)[1]
+    seeds = re.findall(r"^\| (\d+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|", section, re.M)
+    row = re.search(r"^\| mean ± sd \| \| [\d.]+ ± ([\d.]+) \| \| [\d.]+ ± ([\d.]+) \|$",
+                    section, re.M)
+    assert len(seeds) >= 3 and row
+    for name, sd in zip(("test_elbo", "iwae_log_likelihood"), row.groups(), strict=True):
+        rule = found.metrics[name]
+        assert rule["tolerance"] == pytest.approx(3 * float(sd), abs=0.06)  # sd to 0.01
+        assert sd in rule["tolerance_source"]
     assert found.parameters["n_train"] is None and found.parameters["bernoulli_epochs"] == 0
     assert found.sha256 == hashlib.sha256(rubric.DEFAULT.read_bytes()).hexdigest()
     assert set(found.spec) <= set(record.SPEC_KEYS)  # what every recorded spec states
