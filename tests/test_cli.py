@@ -39,7 +39,7 @@ pytestmark = pytest.mark.unit
 TINY = ["--epochs", "1", "--n-train", "512", "--n-test", "256", "--iwae-k", "8",
         "--batch-size", "128", "--no-progress", "--hidden-units", "32"]
 HISTORY_COLUMNS = ["epoch", "train_elbo", "train_reconstruction", "train_kl",
-                   "test_elbo", "test_reconstruction", "test_kl", "seconds"]
+                   "test_elbo", "test_reconstruction", "test_kl", "sigma2", "seconds"]
 METRIC_KEYS = {"test_elbo", "test_reconstruction", "test_kl", "iwae_k", "iwae_log_likelihood",
                "data_variant", "epochs", "num_parameters", "wall_seconds", "versions"}
 TF_LOG_LINE = re.compile(r"^[IWEF]\d{4} |absl::InitializeLog|cuda|oneDNN|rebuild TensorFlow",
@@ -163,10 +163,11 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
 
 def read_history(run_dir: Path) -> tuple[list[str], list[dict], list[str]]:
-    """history.csv as (header, rows with float values, raw lines)."""
+    """history.csv as (header, rows with float values, None where a cell is empty, such as
+    a Bernoulli model's sigma2, raw lines)."""
     text = (run_dir / "history.csv").read_text()
     reader = csv.DictReader(text.splitlines())
-    rows = [{k: float(v) for k, v in row.items()} for row in reader]
+    rows = [{k: float(v) if v != "" else None for k, v in row.items()} for row in reader]
     return list(reader.fieldnames), rows, text.splitlines()
 
 
@@ -535,7 +536,7 @@ def test_run_history_has_one_row_per_epoch(gaussian_run):
     assert [row["epoch"] for row in rows] == [1]
     for row in rows:
         assert all(math.isfinite(v) for v in row.values()), row
-        assert row["seconds"] > 0
+        assert row["seconds"] > 0 and row["sigma2"] > 0  # the Gaussian's learned variance
         for split in ("train", "test"):
             assert row[f"{split}_elbo"] == pytest.approx(
                 row[f"{split}_reconstruction"] - row[f"{split}_kl"], abs=1e-3, rel=1e-5)
