@@ -126,21 +126,53 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
            "timeout": limits.timeout, "progress": progress, "result": str(result),
            "cwd": str(cwd), "allow_errors": allow_errors, "kernel_log": kernel_log and
            str(kernel_log), "output_bytes": limits.output_bytes, "file_bytes": limits.file_bytes}
-    piped = log is not None
+    outcome = run_limited(
+        [*wrapper, sys.executable, "-m", "vae_helpers.course.execution", json.dumps(job)],
+        disk_dir=cwd, env=env, limits=limits, log=log, pipe=log is not None)
+    report = _read_result(result)
+    result.unlink(missing_ok=True)
+    outcome.cell_errors = report.get("cell_errors", [])
+    outcome.truncated = bool(report.get("truncated"))
+    if outcome.status != "ok":  # stopped by a limit: run_limited said which
+        return outcome
+    if report.get("error") and "timed out while it was being executed" in report["error"]:
+        outcome.status = "timeout"
+        outcome.message = f"did not finish within its time limit of {limits.timeout:g} s"
+    elif report.get("error"):
+        outcome.status = "error"
+        outcome.message = report["error"]
+    elif not report.get("finished"):
+        outcome.status = "crashed"
+        outcome.message = ("stopped without reporting why (the executing process exited "
+                           f"with code {outcome.exit_code})")
+    return outcome
+
+
+def run_limited(command, *, disk_dir, limits: Limits, cwd=None, env=None, log=None,
+                pipe: bool = True) -> Outcome:
+    """Run ``command`` (in ``cwd``, default this process's) in a new session under
+    ``limits``: its process tree is killed at ``limits.timeout + limits.grace`` seconds,
+    or by the watchdog over the memory, disk (of ``disk_dir``) or process caps. With
+    ``pipe``, its stdout and stderr go through a pipe into ``log`` (the first
+    ``limits.log_bytes``; nowhere without ``log``); else to this terminal.
+
+    Returns:
+        An ``Outcome`` with ``status`` ``ok`` (it exited by itself, whatever its code) or
+        the limit that stopped it, and that limit's one-line ``message``.
+    """
     started = time.perf_counter()
     child = subprocess.Popen(
-        [*wrapper, sys.executable, "-m", "vae_helpers.course.execution", json.dumps(job)],
-        env=env, start_new_session=True, stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE if piped else None, stderr=subprocess.STDOUT if piped else None)
+        command, cwd=cwd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if pipe else None, stderr=subprocess.STDOUT if pipe else None)
     drain = None
-    if piped:
-        drain = threading.Thread(target=_drain, args=(child.stdout, Path(log), limits.log_bytes),
-                                 daemon=True)
+    if pipe:
+        drain = threading.Thread(target=_drain, daemon=True, args=(
+            child.stdout, Path(log) if log else Path(os.devnull), limits.log_bytes))
         drain.start()
-    watch = Watchdog(child, limits.memory_mb, (cwd, limits.disk_mb),
+    watch = Watchdog(child, limits.memory_mb, (disk_dir, limits.disk_mb),
                      processes=limits.processes)
     try:
-        code = child.wait(timeout=limits.timeout + limits.grace)
+        child.wait(timeout=limits.timeout + limits.grace)
         killed = watch.stop()
     except subprocess.TimeoutExpired:
         watch.stop()
@@ -153,38 +185,17 @@ def run_notebook(source, target, parameters: dict, *, cwd, limits: Limits, env=N
     finally:
         if drain is not None:
             drain.join(timeout=30)
-    outcome = Outcome("ok", seconds=round(time.perf_counter() - started, 1),
-                      peak_memory_mb=round(watch.peak_mb, 1), exit_code=child.returncode)
-    report = _read_result(result)
-    result.unlink(missing_ok=True)
-    outcome.cell_errors = report.get("cell_errors", [])
-    outcome.truncated = bool(report.get("truncated"))
-    if killed == "timeout":
-        outcome.status = "timeout"
-        outcome.message = f"did not finish within its time limit of {limits.timeout:g} s"
-    elif killed == "memory":
-        outcome.status = "memory"
-        outcome.message = (f"used more than the memory cap of {limits.memory_mb:g} MB "
-                           "and was stopped")
-    elif killed == "processes":
-        outcome.status = "processes"
-        outcome.message = (f"started more than the cap of {limits.processes} processes and "
-                           "was stopped")
-    elif killed == "disk":
-        outcome.status = "disk"
-        outcome.message = (f"wrote more than the disk cap of {limits.disk_mb:g} MB (or "
-                           f"{MAX_FILES:,} files) into its working directory and was stopped")
-    elif report.get("error") and "timed out while it was being executed" in report["error"]:
-        outcome.status = "timeout"
-        outcome.message = f"did not finish within its time limit of {limits.timeout:g} s"
-    elif report.get("error"):
-        outcome.status = "error"
-        outcome.message = report["error"]
-    elif not report.get("finished"):
-        outcome.status = "crashed"
-        outcome.message = ("stopped without reporting why (the executing process exited "
-                           f"with code {code})")
-    return outcome
+    messages = {  # how each limit stops a run (only a limit that is set can)
+        "timeout": lambda: f"did not finish within its time limit of {limits.timeout:g} s",
+        "memory": lambda: (f"used more than the memory cap of {limits.memory_mb:g} MB and "
+                           "was stopped"),
+        "processes": lambda: (f"started more than the cap of {limits.processes} processes "
+                              "and was stopped"),
+        "disk": lambda: (f"wrote more than the disk cap of {limits.disk_mb:g} MB (or "
+                         f"{MAX_FILES:,} files) into its working directory and was stopped")}
+    return Outcome(killed or "ok", message=messages[killed]() if killed else None,
+                   seconds=round(time.perf_counter() - started, 1),
+                   peak_memory_mb=round(watch.peak_mb, 1), exit_code=child.returncode)
 
 
 def _read_result(path: Path) -> dict:

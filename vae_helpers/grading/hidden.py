@@ -35,12 +35,9 @@ from __future__ import annotations
 import ast
 import io as _io
 import json
-import os
 import secrets
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -50,13 +47,13 @@ import numpy as np
 
 from vae_helpers import io
 from vae_helpers.course.checking import images
-from vae_helpers.course.execution import first_line
-from vae_helpers.course.watchdog import Watchdog, kill_tree
+from vae_helpers.course.execution import Limits, first_line, run_limited
+from vae_helpers.course.student import STUDENT_MODULE
 from vae_helpers.grading.checks import Check
 from vae_helpers.grading.recorded import read_inside
 from vae_helpers.grading.rubric import HIDDEN_TASKS
 
-MODULE = "vae_homework.py"
+MODULE = STUDENT_MODULE
 MODULE_BYTES = 4 * 2**20
 OUTPUT_BYTES = 32 * 2**20
 """The most one task's ``TASK.npz`` may hold (the 2a outputs are under 2 MB)."""
@@ -542,48 +539,15 @@ def _passed(task: str) -> str:
 
 def _run_child(folder: Path, work: Path, rubric, wrapper, env, log_file) -> str | None:
     """Run the child in ``folder``; ``None`` when it exited by itself, else how it stopped."""
-    limit = rubric.hidden["time_limit"]
-    command = [*wrapper, sys.executable, "-I", "-m", "vae_helpers.grading.hidden_child",
-               str(folder)]
-    child = subprocess.Popen(command, cwd=work, env=env, start_new_session=True,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT)
-    drain = threading.Thread(target=_drain, args=(child.stdout, log_file), daemon=True)
-    drain.start()
-    watch = Watchdog(child, rubric.limits["memory_mb"], (work, rubric.limits["disk_mb"]))
-    try:
-        code = child.wait(timeout=limit)
-        killed = watch.stop()
-    except subprocess.TimeoutExpired:
-        watch.stop()
-        kill_tree(child)
-        killed, code = "timeout", None
-    except BaseException:
-        watch.stop()
-        kill_tree(child)
-        raise
-    finally:
-        drain.join(timeout=30)
-    if killed == "timeout":
-        return f"did not finish within its time limit of {limit:g} s and was stopped"
-    if killed == "memory":
-        return (f"used more than the memory cap of {rubric.limits['memory_mb']:g} MB and was "
-                "stopped")
-    if killed == "disk":
-        return (f"wrote more than the disk cap of {rubric.limits['disk_mb']:g} MB and was "
-                "stopped")
-    if code:
-        return f"exited with code {code}"
-    return None
-
-
-def _drain(stream, path) -> None:
-    """Keep the first ``LOG_BYTES`` of ``stream`` in ``path`` (or nowhere), read the rest."""
-    kept = 0
-    out = open(path, "wb") if path else open(os.devnull, "wb")  # noqa: SIM115
-    with out:
-        for chunk in iter(lambda: stream.read(65536), b""):
-            room = max(0, min(len(chunk), LOG_BYTES - kept))
-            out.write(chunk[:room])
-            kept += room
-    stream.close()
+    limits = rubric.limits
+    outcome = run_limited(
+        [*wrapper, sys.executable, "-I", "-m", "vae_helpers.grading.hidden_child", str(folder)],
+        cwd=work, disk_dir=work, env=env, log=log_file,
+        limits=Limits(timeout=rubric.hidden["time_limit"], memory_mb=limits["memory_mb"],
+                      disk_mb=limits["disk_mb"], processes=limits["processes"],
+                      log_bytes=LOG_BYTES))
+    if outcome.status == "timeout":
+        return f"{outcome.message} and was stopped"
+    if outcome.status != "ok":
+        return outcome.message
+    return f"exited with code {outcome.exit_code}" if outcome.exit_code else None
