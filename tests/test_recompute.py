@@ -35,10 +35,10 @@ def test_the_standard_error_matches_the_spread_of_one_draw_estimates():
     rng = np.random.default_rng(3)
     arrays = random_weights(rng)
     pixels = rng.integers(0, 256, (400, 28, 28), dtype=np.uint8)
-    value, details = recompute._compute("test_elbo", arrays, {}, (pixels, None))
-    assert details["n_test"] == 400 and details["draws"] == recompute.ELBO_DRAWS
     model = from_homework_weights(arrays)
     x = data.test_set(pixels)
+    value, details = recompute._compute("test_elbo", model, x, {})
+    assert details["n_test"] == 400 and details["draws"] == recompute.ELBO_DRAWS
     one_draw = np.array([evaluate_elbo(model, x, seed=100 + s)["elbo"] for s in range(60)])
     assert value == pytest.approx(one_draw.mean(), abs=4 * one_draw.std(ddof=1) / np.sqrt(60)
                                   + 4 * recompute.standard_error({"details": details}))

@@ -194,10 +194,10 @@ def grade(submission, reference, out, rubric=None, data=None, sandbox="require",
             entry.update(_run(notebook, names, work, out, rubric, box, data, hidden))
             problems += entry.pop("problems")
         records = recorded.load(work / "run")
-        if any(rule["recompute"] for rule in rubric.metrics.values()):
-            log(f"{name}: computing the metrics of its recorded weights")
-            recompute.recompute(records, reference_records, rubric, data)
-        regenerated = recompute.regenerate(records, reference_records, data)
+        log(f"{name}: computing its metrics and figures from its recorded weights")
+        loaded = recompute.load(records, reference_records, data)
+        recompute.recompute(records, reference_records, rubric, loaded)
+        regenerated = recompute.regenerate(loaded)
         if regenerated:
             (out / "regenerated").mkdir(exist_ok=True)
         for figure, image in regenerated.items():

@@ -21,14 +21,17 @@ The value replaces whatever the submission recorded under that name: a submissio
 own claim is kept apart, in ``Records.claimed``, and compared with the recomputed
 value only (check ``reported.NAME``, for metrics the rubric marks ``reported = true``).
 
-``regenerate`` draws the graded figures again from the same weights (samples from
-the prior, reconstructions of fixed test digits, the test set's latent scatter and
-the manifold over the codes' range), for the report to show beside the submission's.
+``load`` puts the weights into the reference VAE and prepares the test images once;
+``recompute`` and ``regenerate`` use what it loaded. ``regenerate`` draws the graded
+figures again from the same weights (samples from the prior, reconstructions of fixed
+test digits, the test set's latent scatter and the manifold over the codes' range), for
+the report to show beside the submission's.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,34 +48,62 @@ ELBO_DRAWS = 4
 FIGURE_SEED = 0
 
 
-def recompute(submission: Records, reference: Records, rubric: Rubric, data: Path) -> None:
-    """Put the grader's own values of the rubric's ``recompute`` metrics into
-    ``submission`` (in place), and what the submission recorded under those names into
-    ``submission.claimed``.
+@dataclass
+class Loaded:
+    """A submission's recorded weights in the reference VAE, with the test images every
+    recomputed metric and figure uses (the reference run's number of them, in the model's
+    data variant); ``model`` is ``None`` and ``problem`` says why when they cannot be used."""
 
-    A metric the reference run does not have is left alone. Without valid weights,
-    the metric becomes a problem that says so, whatever the submission recorded.
+    model: object = None
+    x: object = None
+    labels: object = None
+    problem: str | None = None
+
+
+def load(submission: Records, reference: Records, data: Path) -> Loaded:
+    """The recorded weights of ``submission`` in the reference VAE, and the test set, once
+    for ``recompute`` and ``regenerate``."""
+    from vae_helpers import data as data_lib
+    from vae_helpers.model import from_homework_weights
+
+    weights = submission.entries.get(record.WEIGHTS_NAME)
+    if weights is None or weights["kind"] != "weights":
+        return Loaded(problem=submission.problems.get(record.WEIGHTS_NAME,
+                                                      "no weights were recorded"))
+    try:
+        model = from_homework_weights(weights["arrays"])
+    except (ValueError, ArithmeticError) as err:  # weights the reference VAE cannot use
+        return Loaded(problem=f"the reference VAE cannot hold them: {err}")
+    _, (x_test, labels) = data_lib.load_mnist(data)
+    counts = [(reference.entries.get(n) or {}).get("details", {}).get("n_test")
+              for n in ("test_elbo", "iwae_log_likelihood")]
+    n_test = next((n for n in counts if isinstance(n, int) and not isinstance(n, bool)), None)
+    if n_test is not None and 0 < n_test < len(x_test):
+        x_test, labels = x_test[:n_test], labels[:n_test]
+    return Loaded(model, data_lib.test_set(x_test, model.likelihood.data_variant), labels)
+
+
+def recompute(submission: Records, reference: Records, rubric: Rubric, loaded: Loaded) -> None:
+    """Put the grader's own values of the rubric's ``recompute`` metrics, computed with
+    ``loaded`` (``load``), into ``submission`` (in place), and what the submission recorded
+    under those names into ``submission.claimed``.
+
+    A metric the reference run does not have is left alone. Without usable weights, the
+    metric becomes a problem that says so, whatever the submission recorded.
     """
     wanted = [name for name, rule in rubric.metrics.items()
               if rule.get("recompute") and reference.kind(name) == "metric"]
-    if not wanted:
-        return
     for name in wanted:
         submission.claimed[name] = (submission.entries.pop(name, None),
                                     submission.problems.get(name))
-    weights = submission.entries.get(record.WEIGHTS_NAME)
-    if weights is None or weights["kind"] != "weights":
-        why = submission.problems.get(record.WEIGHTS_NAME, "no weights were recorded")
-        for name in wanted:
+        if loaded.model is None:
             submission.problems[name] = (f"not computed: the grader computes {name} from the "
-                                         f"recorded weights, and {why}")
-        return
-    test = _test_images(reference, data)
-    for name in wanted:
-        details = reference.entries[name]["details"]
+                                         f"recorded weights, and {loaded.problem}")
+            continue
         try:
-            value, used = _compute(name, weights["arrays"], details, test)
-        except (ValueError, ArithmeticError) as err:  # weights the reference VAE cannot use
+            value, used = _compute(name, loaded.model, loaded.x,
+                                   reference.entries[name]["details"])
+        except (ValueError, ArithmeticError) as err:  # what these weights cannot give
             submission.problems[name] = f"not computed from the recorded weights: {err}"
             continue
         if not math.isfinite(value):
@@ -84,26 +115,9 @@ def recompute(submission: Records, reference: Records, rubric: Rubric, data: Pat
                                     "details": {**used, "computed_by": "grader"}}
 
 
-def _test_images(reference: Records, data: Path):
-    """The test images as every recomputed metric uses them: the reference run's number."""
-    from vae_helpers import data as data_lib
-
-    _, (x_test, labels) = data_lib.load_mnist(data)
-    counts = [(reference.entries.get(n) or {}).get("details", {}).get("n_test")
-              for n in ("test_elbo", "iwae_log_likelihood")]
-    n_test = next((n for n in counts if isinstance(n, int) and not isinstance(n, bool)), None)
-    if n_test is not None and 0 < n_test < len(x_test):
-        x_test, labels = x_test[:n_test], labels[:n_test]
-    return x_test, labels
-
-
-def _compute(name: str, arrays: dict, details: dict, test) -> tuple[float, dict]:
-    from vae_helpers import data as data_lib
+def _compute(name: str, model, x, details: dict) -> tuple[float, dict]:
     from vae_helpers.evaluate import evaluate_elbo, iwae_log_likelihood
-    from vae_helpers.model import from_homework_weights
 
-    model = from_homework_weights(arrays)
-    x = data_lib.test_set(test[0], model.likelihood.data_variant)
     if name == "test_elbo":
         draws = np.stack([evaluate_elbo(model, x, seed=SEED + i, per_example=True)["elbo"]
                           for i in range(ELBO_DRAWS)]).astype(np.float64)  # [draws, N]
@@ -128,27 +142,19 @@ def standard_error(entry: dict) -> float | None:
     return math.sqrt(noise * (1.0 / n + 1.0 / (n * draws)))
 
 
-def regenerate(submission: Records, reference: Records, data: Path) -> dict:
-    """The graded figures drawn again from the recorded weights, as PNG bytes by record
-    name (empty without valid weights, or weights the reference VAE cannot load)."""
+def regenerate(loaded: Loaded) -> dict:
+    """The graded figures drawn again from the recorded weights (``load``), as PNG bytes
+    by record name (empty without usable weights)."""
     import io as _io
 
     import matplotlib.pyplot as plt
 
-    from vae_helpers import data as data_lib
     from vae_helpers import plots
     from vae_helpers.backend import tf
-    from vae_helpers.model import from_homework_weights
 
-    weights = submission.entries.get(record.WEIGHTS_NAME)
-    if weights is None or weights["kind"] != "weights":
+    model, x = loaded.model, loaded.x
+    if model is None:
         return {}
-    try:
-        model = from_homework_weights(weights["arrays"])
-    except (ValueError, ArithmeticError):
-        return {}
-    x_test, labels = _test_images(reference, data)
-    x = data_lib.test_set(x_test, model.likelihood.data_variant)
     chosen = np.random.default_rng(FIGURE_SEED).choice(int(x.shape[0]), 100, replace=False)
     real = tf.gather(x, chosen)
     z = tf.random.stateless_normal([100, model.latent_dim], seed=[SEED, 0])
@@ -162,7 +168,7 @@ def regenerate(submission: Records, reference: Records, data: Path) -> dict:
     if model.latent_dim == 2:
         codes = np.concatenate([model.infer(x[i:i + 2000]).mean().numpy()
                                 for i in range(0, int(x.shape[0]), 2000)])
-        figures["latent_scatter"] = plots.plot_latent_scatter(codes, labels)
+        figures["latent_scatter"] = plots.plot_latent_scatter(codes, loaded.labels)
         figures["manifold_20x20"] = plots.plot_manifold(
             model, *plots.range_grid(codes, 20), "20×20 manifold over the codes' range")
     found = {}
