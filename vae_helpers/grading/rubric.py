@@ -51,6 +51,8 @@ FAMILY = re.compile(r"[a-z0-9_]+\.\*")
 #: the tasks of the student module the hidden tests can run (``grading.hidden``)
 HIDDEN_TASKS = ("1a", "1b", "1c", "1d", "2a", "4a")
 HIDDEN_TIME_LIMIT = 600
+#: the check ``grading.static`` makes of every submission
+STATIC_CHECK = "static.no_premade_vae"
 LIMITS = {"time_limit": 3600, "memory_mb": 4096, "disk_mb": 2048, "output_mb": 16,
           "file_mb": 512, "submission_mb": 50, "processes": 128}
 WHOLE_LIMITS = ("processes",)
@@ -136,7 +138,7 @@ class Rubric:
                   for n in names]
         found += [(f"reported.{n}", True) for n, rule in self.metrics.items()
                   if rule.get("reported")]
-        found += [("static.no_premade_vae", True)]
+        found += [(STATIC_CHECK, True)]
         found += [(f"hidden.{task}", True) for task in self.hidden["tasks"]]
         return [(n, counts and n not in self.informational_checks) for n, counts in found]
 

@@ -31,8 +31,9 @@ from vae_helpers.course.checks import imported_modules, kit_violations
 from vae_helpers.course.execution import first_line
 from vae_helpers.course.student import STUDENT_MODULE as MODULE
 from vae_helpers.grading.checks import Check
+from vae_helpers.grading.rubric import STATIC_CHECK
 
-NAME = "static.no_premade_vae"
+NAME = STATIC_CHECK
 RULE = ("one line implementations like `vae = VAE(...)` are not in the spirit of this "
         "assignment: write the model yourself with TensorFlow and TFP (from vae_helpers "
         "only the student kit)")
