@@ -52,9 +52,10 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(
-        "every cell on 2,000 training and 500 test images, 2 epochs per model",
+        "every cell on 2,000 training and 500 test images, 2 epochs and 2 seeds per model",
         {"n_train": 2000, "n_test": 500, "epochs": 2, "bernoulli_epochs": 2,
-         "iwae_k": 16, "fallback_epochs": 1, "mc_samples": 20000},
+         "iwae_k": 16, "fallback_epochs": 1, "mc_samples": 20000, "seeds": 2,
+         "estimator_draws": 20},
         timeout=600),
     "full": Profile("the committed parameters: the homework's 100 epochs (the reference run)",
                     {}, timeout=3600),
