@@ -8,13 +8,13 @@ epochs each:
 1. ``vae_helpers.training.fit`` on a fresh ``vae_helpers.model.VAE()``: XLA-compiled
    chunks of many steps in one ``tf.while_loop``, the data and the noise inside;
 2. ``train`` of the student module's solution (``notebooks/vae_homework.py``) on a
-   fresh ``vae_homework.VAE()``: a Python loop over minibatches, each gathered and
-   dequantized eagerly, then one call of the compiled step (``make_train_step``, a
-   ``tf.function(jit_compile=True)``).
+   fresh ``vae_homework.VAE()``: each epoch's images dequantized in one eager call,
+   then a Python loop over their minibatches, one call of the compiled step
+   (``make_train_step``, a ``tf.function(jit_compile=True)``) each.
 
 Images per second come from each epoch's seconds, ``(60000 // 128) * 128`` images
 per epoch; the headline is the median over the timed epochs, and the ratio
-student / fit is compared with the target of at least 0.5. The two runs follow
+student / fit is compared with the target of at least 0.85. The two runs follow
 each other, so a change in the machine's load between them shows in the ratio;
 the "others" column says how much of the CPUs other processes used. Nothing is
 asserted: the numbers are printed and written as JSON.
@@ -46,7 +46,7 @@ from common import (
 from vae_helpers.argtypes import positive_int
 
 BATCH = 128
-TARGET_RATIO = 0.5
+TARGET_RATIO = 0.85
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "student_step.json"
 
 

@@ -368,11 +368,13 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
           progress: bool = True) -> list[dict]:
     """2b: train ``vae`` for ``epochs`` epochs on dequantized ``train_pixels``, resumably.
 
-    Each epoch shuffles the images, dequantizes each minibatch with fresh noise
-    (``vae_helpers.data.dequantize``) and calls the compiled step on it. After each
-    epoch the model and the optimizer are checkpointed in ``run_dir/checkpoints``
-    and the weights saved (``save_weights``), so a second call with the same
-    arguments continues where an interrupted one stopped.
+    Each epoch shuffles the images, dequantizes them with fresh noise in one call
+    (``vae_helpers.data.dequantize``, seeded by the seed and the epoch) and calls the
+    compiled step on each minibatch of ``batch_size`` of them in turn (the last,
+    incomplete minibatch is left out). After each epoch the test ELBO is measured by
+    a compiled function, the model and the optimizer are checkpointed in
+    ``run_dir/checkpoints`` and the weights saved (``save_weights``), so a second
+    call with the same arguments continues where an interrupted one stopped.
 
     Args:
         vae: the model, trained in place.
@@ -396,6 +398,7 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
     pixels = data.flatten(np.asarray(train_pixels))
     optimizer = tf.keras.optimizers.Adam(learning_rate)
     step = make_train_step(vae, optimizer)
+    mean_elbo = tf.function(lambda x: tf.reduce_mean(vae.compute_elbo(x)))
     epoch = tf.Variable(0, dtype=tf.int64, name="epoch")
     # one row per epoch: train ELBO, test ELBO (NaN without test images), sigma^2, seconds
     history = tf.Variable(tf.zeros([0, 4], tf.float64), shape=[None, 4], name="history")
@@ -408,16 +411,16 @@ def train(vae: VAE, train_pixels, epochs: int, run_dir, batch_size: int = 128,
         e = int(epoch.numpy())
         start = time.perf_counter()
         order = np.random.default_rng([seed, e]).permutation(len(pixels))
+        # the whole epoch in one call: dequantizing each minibatch separately would cost
+        # about as much as the compiled step itself, in small operations
+        x = data.dequantize(pixels[order[:n_batches * batch_size]], seed=[seed, e])
         total = 0.0
         for b in range(n_batches):
-            batch = pixels[order[b * batch_size:(b + 1) * batch_size]]
-            total += float(step(data.dequantize(batch, seed=[seed, e * n_batches + b])))
+            total += float(step(x[b * batch_size:(b + 1) * batch_size]))
         seconds = time.perf_counter() - start
         test_elbo = math.nan
         if test_images is not None:
-            test_elbo = float(np.mean(np.concatenate(
-                [vae.compute_elbo(test_images[i:i + 2000]).numpy()
-                 for i in range(0, len(test_images), 2000)])))
+            test_elbo = float(mean_elbo(test_images))
         sigma2 = float(likelihood_variance(vae.weights()["likelihood/rho"]))
         epoch.assign_add(1)
         row = [[total / n_batches, test_elbo, sigma2, seconds]]
