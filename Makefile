@@ -5,6 +5,9 @@
 #                   and nbval over every notebook at the smoke profile's sizes (minutes)
 # and one more before publishing notebooks or changing the model:
 #   make test-full  ruff and every tier, with nbval at the committed parameters (about 50 minutes)
+# whose render check (tests/test_render.py) opens the notebooks in Chromium, installed once with
+#   make render-deps  Debian's chromium and chromium-driver (apt-get, as root or with sudo);
+#                   without them make test-full skips the render check and says why
 # The MNIST file is found through $VAE_MNIST (see README.md); the tiers are explained
 # in conftest.py and README.md.
 
@@ -18,7 +21,11 @@ ARGS   ?=
 JOBS   ?= 2
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider -n $(JOBS)
 
-.PHONY: run test test-full install clean
+# apt-get needs root: sudo unless make already runs as root
+SUDO   ?= $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+RENDER_PACKAGES := chromium chromium-driver
+
+.PHONY: run test test-full install render-deps clean
 
 install: $(STAMP)
 
@@ -40,6 +47,10 @@ test: $(STAMP)
 test-full: $(STAMP)
 	$(BIN)/ruff check .
 	$(PYTEST) --notebook-profile full --nbval-cell-timeout=3600
+
+render-deps:
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y $(RENDER_PACKAGES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -7,7 +7,8 @@ Tiers (markers registered in ``pyproject.toml``; ``--strict-markers``):
 ``notebooks``
     nbval over ``notebooks/`` and the tests that execute the course notebooks;
 ``slow``
-    what takes too long for every change (a fresh install, full-size runs): ``make test-full``.
+    what takes too long for every change (a fresh install, full-size runs, the notebooks
+    rendered in a browser): ``make test-full``.
 
 Every test in ``tests/`` names exactly one tier (a module's ``pytestmark`` or a mark of
 its own); collection stops with the names of the tests that do not. nbval's items are in

@@ -353,3 +353,13 @@ def test_make_test_leaves_out_the_slow_tier_and_make_test_full_runs_all_at_full_
     assert len(full) == 1 and "--notebook-profile full" in full[0]
     assert not re.search(r" -m ['\"]", full[0]), "make test-full runs every tier"
     assert any(re.search(r"\bruff check\b", line) for line in make_dry_run("test-full"))
+
+
+def test_make_render_deps_installs_chromium_and_only_it_does():
+    """make test-full's render check needs Chromium and chromedriver from apt; make install,
+    make test and make test-full never run apt-get (CI runs make test without them)."""
+    install = [line for line in make_dry_run("render-deps") if "apt-get install" in line]
+    assert len(install) == 1, install
+    assert {"chromium", "chromium-driver"} <= set(install[0].split()), install
+    for target in ("install", "test", "test-full"):
+        assert not any("apt-get" in line for line in make_dry_run(target)), target
