@@ -4,7 +4,7 @@
 #   make test       the same set-up, then ruff and pytest's fast tiers: the unit tests,
 #                   and nbval over every notebook at the smoke profile's sizes (minutes)
 # and one more before publishing notebooks or changing the model:
-#   make test-full  ruff and every tier, with nbval at the committed parameters (about 50 minutes)
+#   make test-full  ruff and every tier, with nbval at the committed parameters (about 45 minutes)
 # whose render check (tests/test_render.py) opens the notebooks in Chromium, installed once with
 #   make render-deps  Debian's chromium and chromium-driver (apt-get, as root or with sudo);
 #                   without them make test-full skips the render check and says why
